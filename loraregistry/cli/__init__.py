@@ -1,0 +1,56 @@
+"""The ``loraregistry`` command line: a thin click layer over the library.
+
+Each subcommand lives in its own module and only parses, calls the library and renders.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from loraregistry.cli.common import CliContext
+
+# Modules that each define one click command (or group) named like the module's COMMANDS list.
+_COMMAND_MODULES = (
+    "loraregistry.cli.ingest",
+    "loraregistry.cli.search",
+    "loraregistry.cli.browse",
+    "loraregistry.cli.index",
+    "loraregistry.cli.db",
+    "loraregistry.cli.compose",
+    "loraregistry.cli.demo",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    "db_url",
+    envvar="LORAREGISTRY_DB",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the registry (default: SQLite in the data directory). Env: LORAREGISTRY_DB.",
+)
+@click.version_option(package_name="loraregistry")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None) -> None:
+    """A retrieval-backed LoRA registry with a LoRAtorio composer.
+
+    Example: loraregistry ingest ./civitai_dump && loraregistry search "a knight, castle"
+    """
+    ctx.obj = CliContext(db_url=db_url)
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # a subcommand module not written yet
+        if exc.name != _name:
+            raise
+        continue
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="loraregistry")
