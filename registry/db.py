@@ -1,0 +1,53 @@
+"""One metadata, one declarative Base, engines and sessions (warehouse-style).
+
+The schema itself is created only by Alembic migrations (see registry/migrate.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, mapped_column, sessionmaker
+
+# Stable constraint names, so that migrations can drop and alter them on SQLite and PostgreSQL alike.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+created_at = Annotated[dt.datetime, mapped_column(DateTime(timezone=True), server_default=func.now())]
+updated_at = Annotated[
+    dt.datetime, mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+]
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
+
+
+Session = sessionmaker(expire_on_commit=False)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets searches read while an ingest writes; foreign keys are off by default in SQLite.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
