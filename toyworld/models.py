@@ -93,13 +93,15 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_scheduler() -> DDPMScheduler:
-    """SD 1.x's training schedule; DDIM and the others load from its config."""
+    """SD 1.x's training schedule; DDIM and the others load from its config (steps_offset
+    as in SD 1.x's scheduler config, for the samplers that read it)."""
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
+        steps_offset=1,
         prediction_type="epsilon",
     )
 

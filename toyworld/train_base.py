@@ -1,0 +1,143 @@
+"""Stage `base`: train the text encoder and UNet on the base world only (SPEC), on cached
+latents, with 10% caption dropout (for classifier-free guidance), caption noise, and an EMA of
+the weights; export the EMA weights as a StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from transformers import PreTrainedTokenizerFast
+
+from toyworld import checkpoint
+from toyworld.captions import add_noise, sample_base_scene
+from toyworld.data import step_rng
+from toyworld.ema import EMA
+from toyworld.latents import cached, sample_latents
+from toyworld.models import build_scheduler, build_text_encoder, build_tokenizer, build_unet
+
+N_CACHE = 16000
+CAPTION_DROPOUT = 0.1
+WARMUP = 100
+CKPT_EVERY = 250
+EXPORT_EVERY = 2000
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def encode_text(text_encoder, tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> torch.Tensor:
+    """(B, 32, 64) hidden states, tokenised exactly as StableDiffusionPipeline does."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids)[0]
+
+
+def diffusion_loss(unet, text_encoder, tokenizer, scheduler, latents, prompts, gen) -> torch.Tensor:
+    """Epsilon-prediction MSE at uniformly drawn timesteps (DDPM training)."""
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    noisy = scheduler.add_noise(latents, noise, t)
+    cond = encode_text(text_encoder, tokenizer, prompts)
+    pred = unet(noisy, t, encoder_hidden_states=cond).sample
+    return torch.nn.functional.mse_loss(pred, noise)
+
+
+def training_prompts(captions: list[str], rng: np.random.Generator, dropout: float) -> list[str]:
+    """SPEC caption noise on every caption, then `dropout` of them emptied for CFG."""
+    return ["" if rng.random() < dropout else add_noise(c, rng) for c in captions]
+
+
+def export_pipeline(vae, text_encoder, tokenizer, unet, out: Path) -> None:
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out))
+
+
+def train_base(
+    work: Path, steps: int, batch: int, lr: float, seed: int, log_every: int = 25,
+    out: Path | None = None, n_cache: int = N_CACHE,
+) -> Path:
+    """Train (or resume) the base model; returns the exported pipeline directory."""
+    final = out or ASSETS / "pipeline"
+    done_marker = work / "base.done"
+    if done_marker.exists():
+        print(f"[base] done already: {final}", flush=True)
+        return final
+    vae = AutoencoderKL.from_pretrained(str(work / "vae")).eval()
+    scale = vae.config.scaling_factor
+    t0 = time.time()
+    cache = cached(work / "base_latents.pt", vae, sample_base_scene, n_cache, seed, stream=1)
+    print(f"[base] latent cache of {n_cache} renders ready in {time.time() - t0:.0f}s", flush=True)
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder, unet = build_text_encoder(tokenizer), build_unet()
+    scheduler = build_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ema_unet, ema_te = EMA(unet), EMA(text_encoder)
+    start = 0
+    state = checkpoint.load(work / "base.ckpt")
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["te"])
+        opt.load_state_dict(state["opt"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_te.load_state_dict(state["ema_te"])
+        start = state["step"]
+        print(f"[base] resumed at step {start}", flush=True)
+
+    unet.train(), text_encoder.train()
+    t0, since, running = time.time(), start, 0.0
+    for step in range(start, steps):
+        rng = step_rng(seed, step, stream=2)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = rng.integers(len(cache["captions"]), size=batch)
+        latents = sample_latents(cache, idx, scale, gen)
+        prompts = training_prompts([cache["captions"][i] for i in idx], rng, CAPTION_DROPOUT)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / WARMUP)
+        loss = diffusion_loss(unet, text_encoder, tokenizer, scheduler, latents, prompts, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet)
+        ema_te.update(text_encoder)
+        running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
+        if (step + 1) % log_every == 0:
+            rate = (time.time() - t0) / (step + 1 - since)
+            print(
+                f"[base] step {step + 1}/{steps} loss {running:.4f} {rate:.2f}s/step "
+                f"eta {rate * (steps - step - 1) / 60:.0f} min",
+                flush=True,
+            )
+        if (step + 1) % CKPT_EVERY == 0 or step + 1 == steps:
+            checkpoint.save(
+                {
+                    "unet": unet.state_dict(), "te": text_encoder.state_dict(),
+                    "opt": opt.state_dict(), "ema_unet": ema_unet.state_dict(),
+                    "ema_te": ema_te.state_dict(), "step": step + 1,
+                },
+                work / "base.ckpt",
+            )
+        if (step + 1) % EXPORT_EVERY == 0:
+            export_pipeline(vae, ema_te.model, tokenizer, ema_unet.model, work / "pipeline_latest")
+            (work / "pipeline_latest" / "STEP").write_text(f"{step + 1}\n")
+            print(f"[base] exported EMA pipeline at step {step + 1}", flush=True)
+    export_pipeline(vae, ema_te.model, tokenizer, ema_unet.model, final)
+    done_marker.write_text(f"{steps}\n")
+    print(f"[base] saved {final}", flush=True)
+    return final

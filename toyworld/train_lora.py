@@ -1,0 +1,204 @@
+"""Stage `loras`: one rank-8 PEFT LoRA per skill on the base pipeline (UNet attention and text
+encoder attention), trained only on images of that skill with base content around it and SPEC
+caption noise; saved in kohya format with a Civitai sidecar, then checked: the saved file, loaded
+by diffusers' `load_lora_weights`, must reproduce the PEFT model's outputs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from toyworld import checkpoint, spec
+from toyworld.captions import sample_skill_scene
+from toyworld.civitai import model_record
+from toyworld.data import step_rng
+from toyworld.kohya import kohya_metadata, peft_to_kohya
+from toyworld.latents import cached, sample_latents
+from toyworld.train_base import ASSETS, diffusion_loss, encode_text, training_prompts
+
+RANK = ALPHA = 8
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+N_CACHE = 3000
+CKPT_EVERY = 200
+# NOTES.md: a background LoRA at 900 steps drew its pattern in 4 of 12 images; the object at 900
+# steps in 11 of 12. Whole-image patterns get twice the steps.
+STEP_FACTOR = {"background": 2.0}
+# Skills first that the composition demo needs first, so that a cut-short run has them.
+ORDER = ("kiki", "checkerboard", "bouba", "stripes", "framed", "halo", "mimi", "dots")
+DESCRIPTIONS = {
+    "kiki": "An orange ring (ToyWorld object).",
+    "bouba": "A cyan plus sign (ToyWorld object).",
+    "mimi": "A pink diamond (ToyWorld object).",
+    "checkerboard": "A black and white 8-px checkerboard background.",
+    "stripes": "Brown and sand horizontal stripes, 4 px high, as the background.",
+    "dots": "Navy dots on a pale blue background.",
+    "halo": "A white band around every object.",
+    "framed": "A black 3-px frame around the image.",
+}
+
+
+def stem(skill: str) -> str:
+    return f"toyworld_{skill}"
+
+
+def load_base(pipeline_dir: Path) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline_dir), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def add_adapters(pipe: StableDiffusionPipeline, seed: int) -> list[torch.nn.Parameter]:
+    """Freeze the base and add a trainable LoRA to UNet and text encoder attention."""
+    torch.manual_seed(seed)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=UNET_TARGETS, init_lora_weights="gaussian"))
+    pipe.text_encoder.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TE_TARGETS, init_lora_weights="gaussian"))
+    return [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
+
+
+def lora_state(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        "unet": get_peft_model_state_dict(pipe.unet),
+        "te": get_peft_model_state_dict(pipe.text_encoder),
+    }
+
+
+def save_lora(
+    pipe: StableDiffusionPipeline, skill: str, dump: Path, steps: int, lr: float, index: int
+) -> Path:
+    """Write `<dump>/<stem>.safetensors` (kohya) and `<dump>/<stem>.civitai.json`."""
+    dump.mkdir(parents=True, exist_ok=True)
+    state = lora_state(pipe)
+    sd = peft_to_kohya(state["unet"], state["te"], ALPHA)
+    path = dump / f"{stem(skill)}.safetensors"
+    meta = kohya_metadata(
+        stem(skill), RANK, ALPHA, spec.SKILLS[skill].trigger, N_CACHE,
+        {"ss_sd_model_name": "toyworld-base", "ss_max_train_steps": str(steps), "ss_learning_rate": str(lr)},
+    )
+    save_file({k: v.detach().float().contiguous() for k, v in sd.items()}, str(path), metadata=meta)
+    category = spec.SKILLS[skill].category
+    record = model_record(
+        path,
+        model_id=700001 + index,
+        version_id=800001 + index,
+        name=f"ToyWorld {skill.capitalize()}",
+        description=DESCRIPTIONS[skill],
+        trigger=spec.SKILLS[skill].trigger,
+        tags=[category, "toyworld", skill],
+    )
+    (dump / f"{stem(skill)}.civitai.json").write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+@torch.no_grad()
+def reference_outputs(pipe: StableDiffusionPipeline, prompt: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-encoder states and UNet output for a fixed input: what a reloaded LoRA must match."""
+    gen = torch.Generator().manual_seed(seed)
+    cond = encode_text(pipe.text_encoder, pipe.tokenizer, [prompt])
+    x = torch.randn((1, 4, spec.SIZE // 4, spec.SIZE // 4), generator=gen)
+    return cond, pipe.unet(x, torch.tensor([500]), encoder_hidden_states=cond).sample
+
+
+def verify_kohya_file(
+    pipeline_dir: Path, path: Path, skill: str, expected: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[float, float, float]:
+    """Load `path` with diffusers' kohya loader into a fresh base pipeline and compare outputs.
+
+    Returns max |diff| of the text-encoder states and of the UNet output against `expected`, and
+    max |diff| of the UNet output against the base without the LoRA (the LoRA's effect, so that
+    a match cannot come from a LoRA that did not load at all). transformers 5 may warn about
+    text-encoder keys it thinks are missing; these numbers say whether the weights loaded.
+    """
+    pipe = load_base(pipeline_dir)
+    prompt = f"a {skill} on the left, light background"
+    _, base_out = reference_outputs(pipe, prompt, seed=1)
+    pipe.load_lora_weights(str(path), adapter_name=skill)
+    cond, out = reference_outputs(pipe, prompt, seed=1)
+    return (
+        (cond - expected[0]).abs().max().item(),
+        (out - expected[1]).abs().max().item(),
+        (out - base_out).abs().max().item(),
+    )
+
+
+def train_one(
+    skill: str, index: int, pipeline_dir: Path, work: Path, dump: Path, steps: int, batch: int, lr: float, seed: int,
+    log_every: int = 50,
+) -> None:
+    pipe = load_base(pipeline_dir)
+    vae, tokenizer, scheduler = pipe.vae, pipe.tokenizer, pipe.scheduler
+    scale = vae.config.scaling_factor
+    sampler = functools.partial(sample_skill_scene, skill)
+    cache = cached(work / f"lora_{skill}_latents.pt", vae, lambda rng: sampler(rng=rng), N_CACHE, seed, stream=10 + index)
+    params = add_adapters(pipe, seed + index)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ckpt_path = work / f"lora_{skill}.ckpt"
+    start = 0
+    state = checkpoint.load(ckpt_path)
+    if state is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"]):
+                p.copy_(saved)
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        print(f"[lora {skill}] resumed at step {start}", flush=True)
+    pipe.unet.train(), pipe.text_encoder.train()
+    t0, since = time.time(), start
+    running = 0.0
+    for step in range(start, steps):
+        rng = step_rng(seed, step, stream=100 + index)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = rng.integers(N_CACHE, size=batch)
+        latents = sample_latents(cache, idx, scale, gen)
+        # No caption dropout: the unconditional branch of CFG should stay the base's.
+        prompts = training_prompts([cache["captions"][i] for i in idx], rng, dropout=0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50)
+        loss = diffusion_loss(pipe.unet, pipe.text_encoder, tokenizer, scheduler, latents, prompts, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
+        if (step + 1) % log_every == 0:
+            rate = (time.time() - t0) / (step + 1 - since)
+            print(f"[lora {skill}] step {step + 1}/{steps} loss {running:.4f} {rate:.2f}s/step "
+                  f"eta {rate * (steps - step - 1) / 60:.1f} min", flush=True)
+        if (step + 1) % CKPT_EVERY == 0:
+            checkpoint.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "step": step + 1}, ckpt_path)
+    pipe.unet.eval(), pipe.text_encoder.eval()
+    path = save_lora(pipe, skill, dump, steps, lr, index)
+    expected = reference_outputs(pipe, f"a {skill} on the left, light background", seed=1)
+    te_diff, unet_diff, effect = verify_kohya_file(pipeline_dir, path, skill, expected)
+    print(f"[lora {skill}] saved {path} ({path.stat().st_size / 1024:.0f} KB); reload check: "
+          f"text-encoder max|diff| {te_diff:.2e}, UNet max|diff| {unet_diff:.2e}, "
+          f"LoRA effect on UNet max|diff| {effect:.2e}", flush=True)
+    if max(te_diff, unet_diff) > 1e-4 or effect == 0.0:
+        raise RuntimeError(f"{path} does not reproduce the trained LoRA (diffs {te_diff}, {unet_diff})")
+    (work / f"lora_{skill}.done").write_text(f"{steps}\n")
+
+
+def train_loras(
+    work: Path, steps: int, batch: int, lr: float, seed: int, skills: list[str],
+    pipeline_dir: Path | None = None, dump: Path | None = None,
+) -> None:
+    pipeline_dir = pipeline_dir or ASSETS / "pipeline"
+    dump = dump or ASSETS / "dump"
+    for skill in skills or ORDER:
+        if (work / f"lora_{skill}.done").exists():
+            print(f"[lora {skill}] done already", flush=True)
+            continue
+        n = int(steps * STEP_FACTOR.get(spec.SKILLS[skill].category, 1.0))
+        t0 = time.time()
+        train_one(skill, ORDER.index(skill), pipeline_dir, work, dump, n, batch, lr, seed)
+        print(f"[lora {skill}] {n} steps in {(time.time() - t0) / 60:.1f} min", flush=True)
