@@ -42,17 +42,20 @@ def nominal_area(kind: str) -> int:
     return int(shape_mask(kind, spec.SIZE // 2, spec.SIZE // 2).sum())
 
 
-def pattern_first(name: str) -> np.ndarray:
-    """Mask where a background skill shows its first colour (spec.PATTERN_COLOURS[name][0])."""
+def pattern_first(name: str, dx: int = 0, dy: int = 0) -> np.ndarray:
+    """Mask where a background skill shows its first colour (spec.PATTERN_COLOURS[name][0]),
+    with the pattern shifted by (dx, dy) pixels (the detector searches small shifts)."""
+    x, y = _X - dx, _Y - dy
     if name == "checkerboard":
-        return (_X // spec.CHECKER_CELL + _Y // spec.CHECKER_CELL) % 2 == 0
+        return (x // spec.CHECKER_CELL + y // spec.CHECKER_CELL) % 2 == 0
     if name == "stripes":
-        return (_Y // spec.STRIPE_HEIGHT) % 2 == 0
+        return (y // spec.STRIPE_HEIGHT) % 2 == 0
     if name == "dots":
-        # Distance to the nearest dot centre 5 + 10i: centres off the canvas (i = -1, 6) are
-        # nearest to no pixel within radius 2, so the modulo form covers them all.
-        ox = (_X - spec.DOT_OFFSET + spec.DOT_PITCH // 2) % spec.DOT_PITCH - spec.DOT_PITCH // 2
-        oy = (_Y - spec.DOT_OFFSET + spec.DOT_PITCH // 2) % spec.DOT_PITCH - spec.DOT_PITCH // 2
+        # Offset to the nearest dot centre 5 + 10i along each axis: the modulo form covers the
+        # centres off the canvas too, so edge dots are cut, not missing.
+        half = spec.DOT_PITCH // 2
+        ox = (x - spec.DOT_OFFSET + half) % spec.DOT_PITCH - half
+        oy = (y - spec.DOT_OFFSET + half) % spec.DOT_PITCH - half
         return ox**2 + oy**2 <= spec.DOT_RADIUS**2
     raise ValueError(f"unknown pattern {name!r}")
 
