@@ -154,15 +154,17 @@ class Embedding(Base):
     model: Mapped[LoraModel] = relationship(back_populates="embedding")
 
 
-class IngestProblem(Base):
-    """A file that was refused or failed, remembered so that an unchanged one is not re-read."""
+class ScannedPath(Base):
+    """A path the ingest looked at that is not an adapter file row: a standalone record, or a file that
+    was refused, failed or duplicated. Remembered with its size and mtime so that an unchanged one is
+    not read again, and so that its problem is still reported."""
 
-    __tablename__ = "ingest_problems"
+    __tablename__ = "scanned_paths"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(String(4096), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # refused | failed | duplicate
-    reason: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # record | ignored | refused | failed | duplicate
+    reason: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[updated_at]

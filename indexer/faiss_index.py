@@ -1,0 +1,94 @@
+"""The FAISS index derived from the embeddings in SQL: build, save atomically, load, check staleness.
+
+FAISS ids are registry primary keys (models.id). The index directory holds ``manifest.json`` and the
+index file it names; a new index is written under a new name and the manifest is replaced last with
+os.replace, so a crash or a full disk never leaves a half-written index in use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+MANIFEST = "manifest.json"
+METRIC = "inner_product_on_normalized"  # cosine similarity
+
+
+@dataclass(frozen=True)
+class Manifest:
+    embed_model: str
+    dim: int
+    metric: str
+    count: int
+    stamp: int  # registry_state.embeddings_stamp the index was built from
+    index_file: str
+
+
+def build_index(ids: np.ndarray, vectors: np.ndarray, dim: int) -> faiss.Index:
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    return index
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_index(directory: Path, index: faiss.Index, manifest: Manifest) -> Manifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    index_file = f"index-{manifest.stamp}-{uuid.uuid4().hex[:8]}.faiss"
+    _write_atomic(directory / index_file, faiss.serialize_index(index).tobytes())
+    manifest = Manifest(**{**asdict(manifest), "index_file": index_file})
+    _write_atomic(directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
+    for old in directory.glob("index-*.faiss"):  # what no manifest points at any more
+        if old.name != index_file:
+            old.unlink(missing_ok=True)
+    return manifest
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+        return Manifest(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_index(directory: Path) -> tuple[faiss.Index, Manifest] | None:
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return None
+    try:
+        data = np.frombuffer((directory / manifest.index_file).read_bytes(), dtype=np.uint8)
+        index = faiss.deserialize_index(data)
+    except (OSError, RuntimeError):
+        return None
+    if index.d != manifest.dim or index.ntotal != manifest.count:
+        return None
+    return index, manifest
+
+
+def is_current(manifest: Manifest | None, embed_model: str, dim: int, stamp: int) -> bool:
+    return (
+        manifest is not None
+        and manifest.embed_model == embed_model
+        and manifest.dim == dim
+        and manifest.metric == METRIC
+        and manifest.stamp == stamp
+    )

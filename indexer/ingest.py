@@ -1,0 +1,558 @@
+"""Ingest a Civitai dump (adapters with sidecars, standalone records) or a JSON Lines catalog.
+
+Incremental and resumable: a file whose size and mtime (and its sidecars') are unchanged is skipped;
+work is committed in batches together with its embeddings, so an interrupted ingest keeps what it did.
+Bad input never stops the run: each problem is recorded with the path and the reason.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from indexer.walk import AdapterCandidate, walk_dump
+from registry.civitai import FileRecord, ModelRecord, NotARecord, VersionRecord, parse_any, parse_model_record
+from registry.errors import InvalidInput
+from registry.formats import FormatInfo, detect_format
+from registry.models import LoraFile, LoraModel, ScannedPath, Version
+from registry.safetensors_header import SafetensorsHeader, read_header
+from registry.service import CatalogWriter, set_trigger_words
+
+MAX_SIDECAR_BYTES = 32 * 1024 * 1024
+MAX_METADATA_VALUE = 64 * 1024
+HASH_CHUNK = 4 * 1024 * 1024
+
+Progress = Callable[[int, str], None]  # (items done since last call, current path)
+
+
+@dataclass
+class Problem:
+    path: str
+    kind: str  # refused | failed | duplicate | warning
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass
+class IngestReport:
+    counts: Counter = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(p.kind == "failed" for p in self.problems)
+
+    def add(self, path: str, kind: str, reason: str) -> None:
+        self.problems.append(Problem(path, kind, reason))
+        self.counts[kind] += 1
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warnings.append(Problem(path, "warning", reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "problems": [p.to_dict() for p in self.problems],
+            "warnings": [w.to_dict() for w in self.warnings],
+            "elapsed_s": round(self.elapsed_s, 3),
+            "ok": not self.failed,
+        }
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _clean_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in metadata.items():
+        if len(value) > MAX_METADATA_VALUE:  # thumbnails, huge tag-frequency tables
+            value = f"<omitted: {len(value)} characters>"
+        out[key] = value
+    return out
+
+
+def _read_json(path: str) -> Any:
+    size = os.path.getsize(path)
+    if size > MAX_SIDECAR_BYTES:
+        raise InvalidInput(f"{path}: {size} bytes is too large for a metadata sidecar")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise InvalidInput(f"{path}: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: broken JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def _merge_records(records: list[tuple[str, ModelRecord]]) -> ModelRecord | None:
+    """Civitai records lead; an A1111 card or Lora-Manager file only fills in what they lack."""
+    if not records:
+        return None
+    order = {"civitai-model": 0, "civitai-version": 1, "lora-manager": 2, "cm-info": 3, "a1111-card": 4}
+    records = sorted(records, key=lambda kr: order.get(kr[0], 9))
+    main = records[0][1]
+    for _kind, extra in records[1:]:
+        if not main.description and extra.description:
+            main.description = extra.description
+        if not main.tags and extra.tags:
+            main.tags = extra.tags
+        if main.civitai_id is None and extra.civitai_id is not None:
+            main.civitai_id = extra.civitai_id
+        if extra.versions and main.versions:
+            target, source = main.versions[0], extra.versions[0]
+            for word in source.trained_words:
+                if word not in target.trained_words:
+                    target.trained_words.append(word)
+            if not target.base_model:
+                target.base_model = source.base_model
+            for frec in source.files:
+                if frec.sha256 and not any(f.sha256 == frec.sha256 for v in main.versions for f in v.files):
+                    target.files.append(frec)
+    return main
+
+
+def _match_file(record: ModelRecord, path: str, size: int, sha256: str | None) -> tuple[VersionRecord, FileRecord] | None:
+    """Which of the record's files is this one: by hash, then name, then size, then the only model file."""
+    pairs = [(v, f) for v in record.versions for f in v.files]
+    name = os.path.basename(path).lower()
+    for test in (
+        lambda f: sha256 is not None and f.sha256 == sha256,
+        lambda f: f.name.lower() == name,
+        lambda f: f.size_bytes is not None and abs(f.size_bytes - size) < 1024 and f.kind in (None, "Model"),
+    ):
+        found = [(v, f) for v, f in pairs if test(f)]
+        if len(found) == 1 or (found and test is not None and sha256):
+            return found[0]
+    model_files = [(v, f) for v, f in pairs if f.kind in (None, "Model")]
+    if len(model_files) == 1:
+        return model_files[0]
+    return None
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class Ingester:
+    """One ingest run against one registry. ``registry`` is a registry.api.Registry."""
+
+    def __init__(self, registry: Any, *, verify: bool = False, batch_size: int = 200, progress: Progress | None = None) -> None:
+        self.registry = registry
+        self.verify = verify
+        self.batch_size = batch_size
+        self.progress = progress or (lambda n, path: None)
+        self.report = IngestReport()
+        self._dirty_models: set[int] = set()
+        self._pending = 0
+
+    # -- units of work --------------------------------------------------------------------
+    def _flush_batch(self, session: Session, force: bool = False) -> None:
+        self._pending += 1
+        if not force and self._pending < self.batch_size:
+            return
+        session.flush()
+        if self._dirty_models:
+            from indexer.sync import update_embeddings
+
+            self.report.counts["embedded"] += update_embeddings(session, self.registry.embedder(), self._dirty_models)
+            self._dirty_models.clear()
+        session.commit()
+        self._pending = 0
+
+    def _mark_dirty(self, session: Session, model: LoraModel) -> None:
+        if model.id is None:
+            session.flush()
+        self._dirty_models.add(model.id)
+
+    # -- catalogs -------------------------------------------------------------------------
+    def ingest_catalog(self, path: str) -> IngestReport:
+        start = time.perf_counter()
+        with self.registry.session() as session:
+            writer = CatalogWriter(session)
+            batch: list[tuple[int, ModelRecord]] = []
+            for lineno, item in self._catalog_lines(path):
+                if isinstance(item, Problem):
+                    self.report.add(item.path, item.kind, item.reason)
+                    continue
+                batch.append((lineno, item))
+                if len(batch) >= self.batch_size:
+                    self._write_catalog_batch(session, writer, path, batch)
+                    batch = []
+            if batch:
+                self._write_catalog_batch(session, writer, path, batch)
+            self._flush_batch(session, force=True)
+        self.report.elapsed_s = time.perf_counter() - start
+        return self.report
+
+    def _catalog_lines(self, path: str) -> Iterator[tuple[int, ModelRecord | Problem]]:
+        try:
+            raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+        except OSError as exc:
+            yield 0, Problem(path, "failed", f"cannot open catalog: {exc.strerror}")
+            return
+        with raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as text:
+            lineno = 0
+            try:
+                for lineno, line in enumerate(text, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{lineno}"
+                    try:
+                        data = json.loads(line)
+                        if not isinstance(data, dict):
+                            raise NotARecord("line is not a JSON object")
+                        yield lineno, parse_model_record(data)
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        yield lineno, Problem(where, "failed", f"broken JSON line ({exc.__class__.__name__})")
+                    except NotARecord as exc:
+                        yield lineno, Problem(where, "failed", str(exc))
+                    self.progress(1, where)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                yield lineno, Problem(path, "failed", f"catalog unreadable after line {lineno}: {exc}")
+
+    def _write_catalog_batch(self, session: Session, writer: CatalogWriter, path: str, batch: list[tuple[int, ModelRecord]]) -> None:
+        writer.prefetch(rec for _, rec in batch)
+        for lineno, rec in batch:
+            try:
+                with session.begin_nested():
+                    model = writer.upsert_model(rec, "catalog")
+                    session.flush()
+                self._dirty_models.add(model.id)
+                self.report.counts["records"] += 1
+            except Exception as exc:  # one bad record must not lose the batch
+                self.report.add(f"{path}:{lineno}", "failed", f"cannot store record: {exc.__class__.__name__}: {exc}")
+        self._pending = self.batch_size
+        self._flush_batch(session)
+
+    # -- dumps ----------------------------------------------------------------------------
+    def ingest_dump(self, root: str, follow_symlinks: bool = False) -> IngestReport:
+        start = time.perf_counter()
+        root = os.path.abspath(root)
+        if not os.path.isdir(root):
+            raise InvalidInput(f"{root}: not a directory")
+        walked = walk_dump(root, follow_symlinks=follow_symlinks)
+        for path, kind, reason in walked.problems:
+            self.report.add(path, kind, reason)
+        self.report.counts["other_files"] = walked.other_files
+        with self.registry.session() as session:
+            prefix = root.rstrip(os.sep) + os.sep
+            known_files = {
+                f.path: f
+                for f in session.scalars(select(LoraFile).where(LoraFile.path.startswith(prefix, autoescape=True)))
+            }
+            scanned = {
+                s.path: s
+                for s in session.scalars(select(ScannedPath).where(ScannedPath.path.startswith(prefix, autoescape=True)))
+            }
+            writer = CatalogWriter(session)
+            seen: set[str] = set()
+            for path in walked.pickles:
+                seen.add(path)
+                self._refuse_pickle(session, scanned, path)
+                self._flush_batch(session)
+                self.progress(1, path)
+            for path in walked.records:
+                seen.add(path)
+                self._ingest_record(session, writer, scanned, path)
+                self._flush_batch(session)
+                self.progress(1, path)
+            for candidate in walked.adapters:
+                seen.add(candidate.path)
+                try:
+                    self._ingest_adapter(session, writer, known_files, scanned, candidate)
+                except Exception as exc:  # never let one file stop thousands; its savepoint was rolled back
+                    writer.forget()
+                    self.report.add(candidate.path, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
+                self._flush_batch(session)
+                self.progress(1, candidate.path)
+            for path, row in known_files.items():
+                if path not in seen and row.status == "present":
+                    row.status = "missing"
+                    self.report.counts["missing"] += 1
+            for path, row in scanned.items():
+                if path not in seen:
+                    session.delete(row)
+            self._flush_batch(session, force=True)
+        for catalog in walked.catalogs:
+            self.ingest_catalog(catalog)
+        self.report.elapsed_s = time.perf_counter() - start
+        return self.report
+
+    def total_items(self, root: str) -> int:
+        walked = walk_dump(root)
+        return len(walked.adapters) + len(walked.pickles) + len(walked.records)
+
+    def _stat(self, path: str, sidecars: Iterable[str] = ()) -> tuple[int, int]:
+        st = os.stat(path)
+        mtime = st.st_mtime_ns
+        for sidecar in sidecars:
+            try:
+                mtime = max(mtime, os.stat(sidecar).st_mtime_ns)
+            except OSError:
+                pass
+        return st.st_size, mtime
+
+    def _remember(self, session: Session, scanned: dict[str, ScannedPath], path: str, kind: str, reason: str | None, size: int | None, mtime: int | None) -> None:
+        row = scanned.get(path)
+        if row is None:
+            row = ScannedPath(path=path, kind=kind)
+            session.add(row)
+            scanned[path] = row
+        row.kind, row.reason, row.size_bytes, row.mtime_ns = kind, reason, size, mtime
+        if kind in ("refused", "failed", "duplicate"):
+            self.report.add(path, kind, reason or "")
+
+    def _unchanged_problem(self, scanned: dict[str, ScannedPath], path: str, size: int, mtime: int) -> bool:
+        row = scanned.get(path)
+        if row is not None and row.size_bytes == size and row.mtime_ns == mtime:
+            if row.kind in ("refused", "failed", "duplicate"):
+                self.report.add(path, row.kind, row.reason or "")
+            else:
+                self.report.counts["unchanged"] += 1
+            return True
+        return False
+
+    def _refuse_pickle(self, session: Session, scanned: dict[str, ScannedPath], path: str) -> None:
+        try:
+            size, mtime = self._stat(path)
+        except OSError as exc:
+            self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
+            return
+        if self._unchanged_problem(scanned, path, size, mtime):
+            return
+        ext = os.path.splitext(path)[1]
+        self._remember(session, scanned, path, "refused", f"pickle-based {ext} file: never unpickled (convert it to .safetensors)", size, mtime)
+
+    def _ingest_record(self, session: Session, writer: CatalogWriter, scanned: dict[str, ScannedPath], path: str) -> None:
+        try:
+            size, mtime = self._stat(path)
+        except OSError as exc:
+            self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
+            return
+        if self._unchanged_problem(scanned, path, size, mtime):
+            return
+        try:
+            data = _read_json(path)
+            kind, record = parse_any(data, os.path.splitext(os.path.basename(path))[0])
+        except InvalidInput as exc:
+            self._remember(session, scanned, path, "failed", str(exc).removeprefix(f"{path}: "), size, mtime)
+            return
+        except NotARecord as exc:
+            self._remember(session, scanned, path, "ignored", str(exc), size, mtime)
+            self.report.counts["ignored"] += 1
+            return
+        except OSError as exc:
+            self._remember(session, scanned, path, "failed", f"unreadable: {exc.strerror}", size, mtime)
+            return
+        if kind == "a1111-card":  # a card with no adapter beside it describes nothing we can find
+            self._remember(session, scanned, path, "ignored", "A1111 card without a .safetensors beside it", size, mtime)
+            self.report.counts["ignored"] += 1
+            return
+        with session.begin_nested():
+            writer.prefetch([record])
+            model = writer.upsert_model(record, "catalog")
+            session.flush()
+        self._dirty_models.add(model.id)
+        self._remember(session, scanned, path, "record", kind, size, mtime)
+        self.report.counts["records"] += 1
+
+    def _ingest_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], scanned: dict[str, ScannedPath], candidate: AdapterCandidate) -> None:
+        path = candidate.path
+        try:
+            size, mtime = self._stat(path, candidate.sidecars)
+        except OSError as exc:
+            self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
+            return
+        known = known_files.get(path)
+        if known is not None and known.size_bytes == size and known.mtime_ns == mtime and known.status == "present" and not self.verify:
+            self.report.counts["unchanged"] += 1
+            return
+        if known is None and self._unchanged_problem(scanned, path, size, mtime):
+            return
+        try:
+            header = read_header(path)
+        except InvalidInput as exc:
+            self._drop_known(session, known_files, known)
+            self._remember(session, scanned, path, "failed", str(exc).removeprefix(f"{path}: "), size, mtime)
+            return
+        except OSError as exc:
+            self._remember(session, scanned, path, "failed", f"unreadable: {exc.strerror}", size, mtime)
+            return
+        info = detect_format(header)
+        if not info.usable:
+            self._drop_known(session, known_files, known)
+            family = f" (base family from shapes: {info.base_family})" if info.base_family else ""
+            self._remember(session, scanned, path, "refused", f"{info.reason}{family}", size, mtime)
+            return
+
+        records: list[tuple[str, ModelRecord]] = []
+        fallback = os.path.splitext(os.path.basename(path))[0]
+        for sidecar in candidate.sidecars:
+            try:
+                records.append(parse_any(_read_json(sidecar), fallback))
+                self.report.counts["sidecars"] += 1
+            except InvalidInput as exc:
+                self.report.add(sidecar, "failed", f"sidecar: {str(exc).removeprefix(sidecar + ': ')}")
+            except NotARecord as exc:
+                self.report.warn(sidecar, f"not a known sidecar: {exc}")
+            except OSError as exc:
+                self.report.add(sidecar, "failed", f"sidecar unreadable: {exc.strerror}")
+        record = _merge_records(records)
+
+        sha256: str | None = None
+        verified = False
+        match = _match_file(record, path, size, None) if record else None
+        if match is None and record is not None and sum(len(v.files) for v in record.versions) > 1:
+            sha256, verified = sha256_file(path), True
+            match = _match_file(record, path, size, sha256)
+        claimed = match[1].sha256 if match else None
+        if claimed and not self.verify:
+            sha256 = claimed
+        elif not verified:
+            sha256, verified = sha256_file(path), True
+            if claimed and claimed != sha256:
+                self.report.warn(path, f"SHA256 differs from the sidecar's ({claimed[:12]}… vs {sha256[:12]}…): the file was re-saved or is not the published one")
+                match = None
+
+        try:
+            row = self._store_adapter(session, writer, known_files, known, record, match, path, size, mtime, sha256, verified, header, info)
+        except _Duplicate as dup:  # the savepoint is rolled back: nothing of this file lands
+            writer.forget()
+            self._remember(session, scanned, path, "duplicate", str(dup), size, mtime)
+            return
+        scanned_row = scanned.pop(path, None)
+        if scanned_row is not None:
+            session.delete(scanned_row)
+        known_files[path] = row
+        self._mark_dirty(session, row.version.model)
+        self.report.counts["updated" if known is not None else "added"] += 1
+
+    def _store_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], known: LoraFile | None, record: ModelRecord | None, match: tuple[VersionRecord, FileRecord] | None, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo) -> LoraFile:
+        with session.begin_nested():
+            row, version = known, None
+            if record is not None:
+                writer.prefetch([record])
+                model = writer.upsert_model(record, "sidecar")
+                if match is not None:
+                    version = writer._find_version(model, match[0])
+                    if row is None:
+                        row = writer.upsert_catalog_file(version, match[1], "sidecar")
+                elif model.versions:
+                    version = model.versions[0]
+                else:
+                    version = Version(base_family="other", base_family_source="sidecar", source="sidecar")
+                    model.versions.append(version)
+            if row is None:
+                row = self._match_catalog(session, sha256, os.path.basename(path))
+            if row is not None and row.path is not None and row.path != path:
+                if os.path.exists(row.path) and row.status == "present":
+                    raise _Duplicate(f"same file as {row.path} (SHA256 {(sha256 or '')[:12]}…)")
+                known_files.pop(row.path, None)  # the file moved: adopt the new path
+            if row is None:
+                if version is not None:
+                    row = LoraFile(name=os.path.basename(path), status="present", source="header")
+                    version.files.append(row)
+                else:
+                    row = self._synthesize(session, header, info, path)
+            if known is None and (other := self._sha_taken(session, sha256, row)):
+                raise _Duplicate(f"same SHA256 as {other}")
+            self._fill_file(row, path, size, mtime, sha256, verified, header, info)
+            version = row.version
+            self._apply_family(version, info, path)
+            session.flush()
+        return row
+
+    def _drop_known(self, session: Session, known_files: dict[str, LoraFile], known: LoraFile | None) -> None:
+        """A file that was good and is now broken stops being loadable."""
+        if known is not None:
+            known.status = "missing"
+            known_files.pop(known.path, None)
+
+    def _sha_taken(self, session: Session, sha256: str | None, row: LoraFile) -> str | None:
+        if not sha256:
+            return None
+        other = session.scalar(
+            select(LoraFile.path).where(LoraFile.sha256 == sha256, LoraFile.status == "present", LoraFile.id != row.id)
+        )
+        if other and os.path.exists(other):
+            return other
+        return None
+
+    def _match_catalog(self, session: Session, sha256: str | None, name: str) -> LoraFile | None:
+        """A catalog-only record of this very file: by SHA256, then AutoV2, then a unique file name."""
+        if sha256:
+            row = session.scalars(select(LoraFile).where(LoraFile.sha256 == sha256).order_by(LoraFile.path.is_not(None), LoraFile.id)).first()
+            if row is not None:
+                return row
+            row = session.scalars(select(LoraFile).where(LoraFile.autov2 == sha256[:10], LoraFile.path.is_(None)).order_by(LoraFile.id)).first()
+            if row is not None:
+                return row
+        rows = session.scalars(select(LoraFile).where(LoraFile.name == name, LoraFile.path.is_(None)).limit(2)).all()
+        return rows[0] if len(rows) == 1 else None
+
+    def _synthesize(self, session: Session, header: SafetensorsHeader, info: FormatInfo, path: str) -> LoraFile:
+        """A local file no record describes: a model of its own, named from its metadata or file name."""
+        meta = header.metadata
+        name = meta.get("ss_output_name") or meta.get("modelspec.title") or os.path.splitext(os.path.basename(path))[0]
+        family = info.base_family or "other"
+        model = LoraModel(name=name[:512], source="header", description=meta.get("modelspec.description") or None)
+        version = Version(name=None, base_model=None, base_family=family, base_family_source="header", source="header")
+        row = LoraFile(name=os.path.basename(path), status="present", source="header")
+        version.files.append(row)
+        model.versions.append(version)
+        session.add(model)
+        trigger = meta.get("modelspec.trigger_phrase")
+        if trigger:
+            set_trigger_words(version, [trigger], "header")
+        return row
+
+    def _fill_file(self, row: LoraFile, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo) -> None:
+        row.path = path
+        row.status = "present"
+        row.size_bytes = size
+        row.mtime_ns = mtime
+        if sha256 and (verified or not row.sha256_verified):
+            row.sha256 = sha256
+            row.autov2 = sha256[:10]
+            row.sha256_verified = verified
+        row.format = info.format
+        row.detected_family = info.base_family
+        row.rank = info.rank
+        row.alpha = info.alpha
+        row.unet_modules = info.unet_modules
+        row.te_modules = info.te_modules
+        row.header_metadata = _clean_metadata(header.metadata) or None
+        if row.kind is None:
+            row.kind = "Model"
+
+    def _apply_family(self, version: Version, info: FormatInfo, path: str) -> None:
+        for note in info.notes:
+            self.report.warn(path, note)
+        if info.base_family is None or not info.family_evidence.startswith(("shapes", "names")):
+            return
+        if version.base_family != info.base_family and version.base_family_source != "header":
+            if version.base_model:
+                self.report.warn(path, f"Civitai says {version.base_model!r}, tensor shapes say {info.base_family}: shapes win")
+        version.base_family = info.base_family
+        version.base_family_source = "header"

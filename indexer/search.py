@@ -1,0 +1,196 @@
+"""Hybrid search: phrases of the prompt matched semantically (FAISS) and lexically (trigger words,
+names), with phrases that match everything discounted, and the per-phrase lists merged round-robin so
+that every subject a prompt names gets its LoRAs.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+from sqlalchemy import select
+
+from indexer.prompt import Phrase, decompose, ngrams
+from registry.models import LoraFile, LoraModel, TriggerWord, Version
+from registry.service import LoraEntry, clean_name, entry_of, version_query
+
+SEMANTIC_DEPTH = 64  # neighbours per phrase; also the sample for each phrase's "matches everything" level
+MIN_RELEVANCE = 0.12  # a semantic-only hit must beat its phrase's typical similarity by this much
+
+
+@dataclass
+class SearchHit:
+    entry: LoraEntry
+    score: float
+    phrase: str  # which phrase of the prompt found it
+    match: str  # trigger | name | semantic
+    similarity: float  # cosine similarity of that phrase and the model's text
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "id": e.id,
+            "civitai_model_id": e.civitai_model_id,
+            "civitai_version_id": e.civitai_version_id,
+            "name": e.name,
+            "version": e.version_name,
+            "base_family": e.base_family,
+            "file_path": e.file_path,
+            "trigger_words": list(e.trigger_words),
+            "score": round(self.score, 4),
+            "phrase": self.phrase,
+            "match": self.match,
+            "similarity": round(self.similarity, 4),
+        }
+
+
+@dataclass
+class _Candidate:
+    model_id: int
+    score: float
+    similarity: float
+    match: str
+
+
+@dataclass
+class _VersionInfo:
+    id: int
+    family: str
+    present: bool
+    order: tuple
+
+
+@dataclass
+class LexicalIndex:
+    """Normalised trigger words and model names to model ids, with how many models share each."""
+
+    triggers: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    names: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def lookup(self, norm: str) -> list[tuple[str, str, set[int]]]:
+        found = []
+        for gram in ngrams(norm):
+            if gram in self.triggers:
+                found.append(("trigger", gram, self.triggers[gram]))
+            if gram in self.names:
+                found.append(("name", gram, self.names[gram]))
+        return found
+
+
+class Searcher:
+    def __init__(self, registry: Any, index: faiss.Index, stamp: int) -> None:
+        self.registry = registry
+        self.index = index
+        self.stamp = stamp
+        self.embedder = registry.embedder()
+        self.lexical = LexicalIndex()
+        self.versions: dict[int, list[_VersionInfo]] = defaultdict(list)
+        with registry.session() as session:
+            rows = session.execute(
+                select(TriggerWord.word_norm, Version.model_id).join(Version, TriggerWord.version_id == Version.id)
+            )
+            for word, model_id in rows:
+                self.lexical.triggers[word].add(model_id)
+            for model_id, name in session.execute(select(LoraModel.id, LoraModel.name)):
+                cleaned = clean_name(name)
+                if len(cleaned) >= 3:
+                    self.lexical.names[cleaned].add(model_id)
+            present = set(session.scalars(select(LoraFile.version_id).where(LoraFile.status == "present")))
+            for vid, model_id, family, published, civitai_id in session.execute(
+                select(Version.id, Version.model_id, Version.base_family, Version.published_at, Version.civitai_id)
+            ):
+                order = (vid in present, published.timestamp() if published else 0.0, civitai_id or 0, vid)
+                self.versions[model_id].append(_VersionInfo(vid, family, vid in present, order))
+        self.n_models = max(1, len(self.versions))
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _lexical_bonus(self, kind: str, gram: str, phrase_norm: str, df: int) -> float:
+        """Rare exact matches count most; a trigger shared by hundreds of models ("1girl") hardly at all."""
+        rarity = math.log(self.n_models / df) / math.log(self.n_models) if self.n_models > 1 else 1.0
+        whole = 1.0 if gram == phrase_norm else 0.6
+        return (0.6 if kind == "trigger" else 0.45) * rarity * whole
+
+    def _phrase_candidates(self, phrase: Phrase, vector: np.ndarray) -> tuple[list[_Candidate], float]:
+        depth = min(SEMANTIC_DEPTH, self.index.ntotal)
+        cands: dict[int, _Candidate] = {}
+        if depth:
+            sims, ids = self.index.search(vector[None, :], depth)
+            sims, ids = sims[0], ids[0]
+            valid = ids >= 0
+            sims, ids = sims[valid], ids[valid]
+            # How much this phrase resembles everything: a boilerplate tag scores high on all entries.
+            typical = float(np.mean(sims)) if len(sims) else 0.0
+            for sim, mid in zip(sims.tolist(), ids.tolist()):
+                cands[mid] = _Candidate(mid, sim - typical, sim, "semantic")
+        else:
+            typical = 0.0
+        for kind, gram, model_ids in self.lexical.lookup(phrase.norm):
+            bonus = self._lexical_bonus(kind, gram, phrase.norm, len(model_ids))
+            for mid in model_ids:
+                c = cands.get(mid)
+                if c is None:
+                    c = cands[mid] = _Candidate(mid, -typical, 0.0, kind)
+                if c.match == "semantic" or bonus > 0:
+                    c.score += bonus
+                    c.match = kind if c.match == "semantic" else c.match
+        ranked = sorted(cands.values(), key=lambda c: -c.score)
+        kept = [c for c in ranked if c.match != "semantic" or c.score >= MIN_RELEVANCE]
+        best = kept[0].score if kept else 0.0
+        return kept, best
+
+    def _pick_version(self, model_id: int, base: str | None, present_only: bool) -> int | None:
+        options = [v for v in self.versions.get(model_id, []) if (base is None or v.family == base) and (v.present or not present_only)]
+        return max(options, key=lambda v: v.order).id if options else None
+
+    # -- search -------------------------------------------------------------------------------
+    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False) -> list[SearchHit]:
+        phrases = [p for p in decompose(prompt) if not p.boilerplate]
+        if not phrases:
+            phrases = decompose(prompt)[:1]  # all boilerplate: search it anyway rather than nothing
+        if not phrases:
+            return []
+        queries = [p.text for p in phrases]
+        if len(phrases) > 1:  # the whole prompt (minus boilerplate) as one more list
+            whole = Phrase(", ".join(queries), ", ".join(p.norm for p in phrases), False)
+            phrases = phrases + [whole]
+            queries.append(whole.text)
+        vectors = self.embedder.encode_queries(queries)
+        lists = []
+        for phrase, vector in zip(phrases, vectors):
+            cands, best = self._phrase_candidates(phrase, vector)
+            if cands:
+                lists.append((best, phrase, cands))
+        lists.sort(key=lambda item: -item[0])
+
+        # Round-robin over the phrases, strongest first: the i-th best of every subject before the
+        # (i+1)-th of any, so one subject with many near-duplicates cannot crowd out the others.
+        hits: list[tuple[int, _Candidate, Phrase]] = []
+        taken: set[int] = set()
+        cursors = [0] * len(lists)
+        while len(hits) < k and any(cursors[i] < len(lists[i][2]) for i in range(len(lists))):
+            for i, (_best, phrase, cands) in enumerate(lists):
+                while cursors[i] < len(cands):
+                    cand = cands[cursors[i]]
+                    cursors[i] += 1
+                    if cand.model_id in taken:
+                        continue
+                    vid = self._pick_version(cand.model_id, base, present_only)
+                    if vid is None:
+                        continue
+                    taken.add(cand.model_id)
+                    hits.append((vid, cand, phrase))
+                    break
+                if len(hits) >= k:
+                    break
+        if not hits:
+            return []
+        with self.registry.session() as session:
+            versions = {v.id: v for v in session.scalars(version_query().where(Version.id.in_([h[0] for h in hits])))}
+            return [
+                SearchHit(entry_of(versions[vid]), cand.score, phrase.text, cand.match, cand.similarity)
+                for vid, cand, phrase in hits
+                if vid in versions
+            ]

@@ -1,0 +1,215 @@
+"""The registry's Python API: open a registry by URL, ingest, search, get entries.
+
+    from registry.api import Registry
+    reg = Registry.open("sqlite:///loras.db")      # None: $LORAREGISTRY_DB or the default file
+    reg.ingest("./civitai_dump")
+    for hit in reg.search("a knight in armor, castle background", k=5):
+        print(hit.entry.name, hit.entry.file_path, hit.score)
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from registry import migrate, settings
+from registry.db import Session as SessionFactory
+from registry.db import make_engine
+from registry.errors import Ambiguous, InvalidInput, NotFound, RegistryError
+from registry.models import LoraFile, LoraModel, ScannedPath, TriggerWord, Version
+from registry.service import LoraEntry, clean_name, entry_of, read_stamp, version_query
+from registry.text import normalize_word
+
+
+class Registry:
+    """A registry: SQL (the source of truth) plus the FAISS index derived from its embeddings."""
+
+    def __init__(self, url: str, embed_model: str | None = None, index_dir: Path | None = None) -> None:
+        self.url = url
+        self.embed_model_name = embed_model or settings.embed_model_name()
+        self.index_dir = index_dir or settings.index_dir(url)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(url)
+        try:
+            migrate.ensure_head(self.engine)
+        except OperationalError as exc:
+            raise RegistryError(f"cannot open registry {parsed.render_as_string(hide_password=True)}: {exc.orig}") from exc
+        self._searcher: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str | None = None, **kwargs: Any) -> "Registry":
+        return cls(settings.database_url(url), **kwargs)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One unit of work: committed by the caller, rolled back and closed on error."""
+        session = SessionFactory(bind=self.engine)
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def embedder(self):
+        from indexer.embed import get_embedder
+
+        return get_embedder(self.embed_model_name)
+
+    # -- writing ------------------------------------------------------------------------------
+    def ingest(self, path: str | os.PathLike[str], *, verify: bool = False, follow_symlinks: bool = False, progress=None, batch_size: int = 200):
+        """Ingest a dump directory or a JSON Lines catalog file; returns an IngestReport."""
+        from indexer.ingest import Ingester
+
+        path = os.fspath(path)
+        ingester = Ingester(self, verify=verify, progress=progress, batch_size=batch_size)
+        if os.path.isfile(path) and path.endswith((".jsonl", ".jsonl.gz")):
+            report = ingester.ingest_catalog(os.path.abspath(path))
+        elif os.path.isdir(path):
+            report = ingester.ingest_dump(path, follow_symlinks=follow_symlinks)
+        else:
+            raise InvalidInput(f"{path}: neither a dump directory nor a .jsonl/.jsonl.gz catalog")
+        self.reindex(only_if_stale=True)
+        return report
+
+    def reindex(self, only_if_stale: bool = False):
+        """Rebuild the FAISS index from the embeddings in SQL (embedding what is missing)."""
+        from indexer.faiss_index import is_current, read_manifest
+        from indexer.sync import rebuild_index
+
+        with self._lock, self.session() as session:
+            embedder = self.embedder()
+            if only_if_stale and is_current(read_manifest(self.index_dir), embedder.name, embedder.dim, read_stamp(session)):
+                return read_manifest(self.index_dir)
+            manifest = rebuild_index(session, embedder, self.index_dir)
+            self._searcher = None
+            return manifest
+
+    def remove(self, entry_id: int) -> LoraEntry:
+        """Remove an entry (a version); its model goes too when it has no version left."""
+        from registry.service import bump_stamp
+
+        with self.session() as session:
+            version = session.scalar(version_query().where(Version.id == entry_id))
+            if version is None:
+                raise NotFound(f"no registry entry with id {entry_id}")
+            entry = entry_of(version)
+            model = version.model
+            session.delete(version)
+            session.flush()
+            session.refresh(model)
+            if not model.versions:
+                session.delete(model)
+            bump_stamp(session)
+            session.commit()
+        return entry
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, entry_id: int) -> LoraEntry:
+        with self.session() as session:
+            version = session.scalar(version_query().where(Version.id == entry_id))
+            if version is None:
+                raise NotFound(f"no registry entry with id {entry_id}")
+            return entry_of(version)
+
+    def find(self, token: str) -> LoraEntry:
+        """Resolve what a user typed: a registry id, a file path or stem, a model name or a trigger word."""
+        token = token.strip()
+        if token.isdigit():
+            return self.get(int(token))
+        with self.session() as session:
+            path = os.path.abspath(os.path.expanduser(token))
+            for stmt in (
+                version_query().join(Version.files).where(LoraFile.path == path),
+                version_query().join(Version.files).where(LoraFile.name.in_([token, token + ".safetensors"]), LoraFile.status == "present"),
+                version_query().join(Version.model).where(func.lower(LoraModel.name) == token.lower()),
+                version_query().join(Version.trigger_words).where(TriggerWord.word_norm == normalize_word(token)),
+            ):
+                versions = list(session.scalars(stmt.order_by(Version.id)).unique())
+                if versions:
+                    present = [v for v in versions if entry_of(v).file_path] or versions
+                    if len({v.model_id for v in present}) > 1:
+                        names = ", ".join(f"{v.id} ({v.model.name})" for v in present[:5])
+                        raise Ambiguous(f"{token!r} matches several entries: {names}; use a registry id")
+                    return entry_of(max(present, key=lambda v: v.id))
+        raise NotFound(f"no registry entry matches {token!r} (id, file, name or trigger word)")
+
+    def list(self, *, base: str | None = None, present_only: bool = False, limit: int = 50, offset: int = 0, query: str | None = None) -> list[LoraEntry]:
+        with self.session() as session:
+            stmt = version_query().join(Version.model)
+            if base:
+                stmt = stmt.where(Version.base_family == base)
+            if present_only:
+                stmt = stmt.where(Version.files.any(LoraFile.status == "present"))
+            if query:
+                stmt = stmt.where(LoraModel.name.ilike(f"%{query}%"))
+            return [entry_of(v) for v in session.scalars(stmt.order_by(Version.id).limit(limit).offset(offset))]
+
+    def stats(self) -> dict[str, Any]:
+        with self.session() as session:
+            count = lambda stmt: session.scalar(stmt) or 0  # noqa: E731
+            families = dict(session.execute(select(Version.base_family, func.count()).group_by(Version.base_family)).all())
+            formats = dict(session.execute(select(LoraFile.format, func.count()).where(LoraFile.status == "present").group_by(LoraFile.format)).all())
+            statuses = dict(session.execute(select(LoraFile.status, func.count()).group_by(LoraFile.status)).all())
+            problems = dict(session.execute(select(ScannedPath.kind, func.count()).group_by(ScannedPath.kind)).all())
+            from indexer.faiss_index import read_manifest
+
+            manifest = read_manifest(self.index_dir)
+            return {
+                "url": make_url(self.url).render_as_string(hide_password=True),
+                "models": count(select(func.count(LoraModel.id))),
+                "versions": count(select(func.count(Version.id))),
+                "files": statuses,
+                "formats": {k or "unknown": v for k, v in formats.items()},
+                "base_families": families,
+                "trigger_words": count(select(func.count(TriggerWord.id))),
+                "scanned_paths": problems,
+                "index": {
+                    "dir": str(self.index_dir),
+                    "vectors": manifest.count if manifest else 0,
+                    "embed_model": manifest.embed_model if manifest else None,
+                    "current": bool(manifest and manifest.stamp == read_stamp(session)),
+                },
+                "schema_revision": migrate.current_revision(self.engine),
+            }
+
+    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False):
+        """Hybrid search; returns a list of indexer.search.SearchHit (entry, score, phrase, why)."""
+        return self.searcher().search(prompt, k=k, base=base, present_only=present_only)
+
+    def searcher(self):
+        """The search engine, with its FAISS index brought up to date with SQL first."""
+        from indexer.faiss_index import is_current, load_index
+        from indexer.search import Searcher
+
+        with self.session() as session:
+            stamp = read_stamp(session)
+        embedder = self.embedder()
+        if self._searcher is not None and self._searcher.stamp == stamp:
+            return self._searcher
+        loaded = load_index(self.index_dir)
+        if loaded is None or not is_current(loaded[1], embedder.name, embedder.dim, stamp):
+            self.reindex()
+            loaded = load_index(self.index_dir)
+            if loaded is None:
+                raise RegistryError(f"cannot write or read the search index in {self.index_dir}")
+        index, manifest = loaded
+        self._searcher = Searcher(self, index, manifest.stamp)
+        return self._searcher
+
+
+__all__ = ["Registry", "LoraEntry", "clean_name"]
