@@ -1,0 +1,298 @@
+"""The composer's Python API: a warm pipeline (``Composer``) that runs composition jobs.
+
+Example::
+
+    from composer import Composer, Job
+    c = Composer.from_pretrained("runwayml/stable-diffusion-v1-5")   # or a save_pretrained dir
+    r = c.run(Job("a knight <lora:armor.safetensors:0.8>", loras=["castle.safetensors"], method="loratorio", seed=1))
+    r.save("knight.png"); r.weights_map().save("weights.png")
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from composer.callbacks import StepCallbacks, SwitchLoras, progress_callback
+from composer.denoiser import BASE, Branch, LoratorioCombine, MultiLoraDenoiser, combine_mean, combine_single, installed
+from composer.loras import LoadedLora, LoraError, LoraLoader, LoraRef, extract_prompt_loras, parse_lora_token, pipeline_family
+
+METHODS = ("base", "merge", "switch", "composite", "loratorio")
+
+# A1111 sampler names for diffusers schedulers (what the `parameters` chunk says).
+_SAMPLERS = {
+    "DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M", "PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun", "UniPCMultistepScheduler": "UniPC", "DDPMScheduler": "DDPM",
+}
+
+
+@dataclass
+class LoratorioParams:
+    """LoRAtorio's knobs. Defaults are mechanical choices pending tuning on a trained model:
+
+    * ``p=2``: 2x2 latent pixels = 16x16 image pixels for SD's 8x VAE, the finest grid that still
+      pools 4 pixels x all channels into each cosine; on 64x64 (SD1.5 512 px) latents that is a
+      32x32 weight grid. Sizes p does not divide are zero-padded (border patches are smaller).
+    * ``tau=0.05``: cosines of eps predictions across LoRAs typically differ by a few hundredths;
+      at tau=0.05 a 0.05 gap gives an e:1 weight ratio (tau=1 would be nearly uniform, tau->0 a
+      hard argmin).
+    * ``lam=0.5``: the issue's default re-centring weight.
+    * ``k=None``: dynamic top-k off (all LoRAs); set k < N for a pool of many LoRAs.
+    """
+
+    p: int = 2
+    tau: float = 0.05
+    lam: float = 0.5
+    k: int | None = None
+
+
+@dataclass
+class Job:
+    """One image to generate. ``loras`` are ``LoraRef``s or ``"ID_OR_FILE[:WEIGHT]"`` strings;
+    ``<lora:name:w>`` tags in the prompt add more."""
+
+    prompt: str
+    loras: Sequence[LoraRef | str] = ()
+    method: str = "loratorio"
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.5
+    width: int | None = None
+    height: int | None = None
+    negative_prompt: str = ""
+    name: str | None = None
+    switch_every: int = 1
+    params: LoratorioParams = field(default_factory=LoratorioParams)
+    batched: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Job":
+        """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k."""
+        known = {"prompt", "loras", "method", "seed", "steps", "cfg", "width", "height", "negative_prompt", "name", "switch_every"}
+        unknown = set(d) - known - {"p", "tau", "lam", "lambda", "k"}
+        if unknown:
+            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
+        if "prompt" not in d:
+            raise ValueError("a job needs a prompt")
+        kw = {k: v for k, v in d.items() if k in known}
+        params = LoratorioParams(**{k: d[src] for k, src in (("p", "p"), ("tau", "tau"), ("lam", "lam"), ("lam", "lambda"), ("k", "k")) if src in d})
+        loras = kw.pop("loras", []) or []
+        if isinstance(loras, str):
+            loras = [loras]
+        return cls(loras=[_lora_from_json(x) for x in loras], params=params, **kw)
+
+
+def _lora_from_json(x) -> LoraRef:
+    if isinstance(x, dict):
+        return LoraRef(str(x.get("id", x.get("path", x.get("name")))), float(x.get("weight", 1.0)))
+    if isinstance(x, (list, tuple)):
+        return LoraRef(str(x[0]), float(x[1]) if len(x) > 1 else 1.0)
+    return parse_lora_token(str(x))
+
+
+@dataclass
+class Result:
+    image: Any  # PIL.Image
+    parameters: str
+    report: dict[str, Any]
+    weights: list[torch.Tensor]  # per step: (N, Hp, Wp) weights of each LoRA for image 0
+    lora_names: list[str]
+
+    def save(self, path: str) -> None:
+        """PNG with A1111's ``parameters`` text chunk."""
+        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+
+        info = PngInfo()
+        info.add_text("parameters", self.parameters)
+        self.image.save(path, pnginfo=info)
+
+    def weights_map(self, cell: int = 48, max_steps: int = 12):
+        """An image of each LoRA's per-patch weights over the steps: one row per LoRA, one column per step."""
+        return weights_map_image(self.weights, cell=cell, max_steps=max_steps)
+
+
+def weights_map_image(weights: Sequence[torch.Tensor], cell: int = 48, max_steps: int = 12):
+    """Grid image: rows are LoRAs, columns (up to ``max_steps``, evenly spread) are steps; white = weight 1."""
+    from PIL import Image  # noqa: PLC0415
+
+    if not weights:
+        raise ValueError("no per-step weights were recorded (method 'base' has no LoRAs)")
+    steps = len(weights)
+    idx = sorted({round(i * (steps - 1) / max(1, min(steps, max_steps) - 1)) for i in range(min(steps, max_steps))})
+    n = weights[0].shape[0]
+    gap = 2
+    canvas = Image.new("L", (len(idx) * (cell + gap) + gap, n * (cell + gap) + gap), 64)
+    for col, s in enumerate(idx):
+        for row in range(n):
+            w = weights[s][row].clamp(0, 1)
+            tile = Image.fromarray((w.numpy() * 255).round().astype("uint8"), mode="L").resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (gap + col * (cell + gap), gap + row * (cell + gap)))
+    return canvas
+
+
+def load_pipeline(model: str, device: str | None = None, dtype: torch.dtype = torch.float32):
+    """An SD 1.x/2.x or SDXL pipeline from a Hugging Face id or a ``save_pretrained`` directory."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: PLC0415
+
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+        raise LoraError(f"{model}: {type(pipe).__name__} is not supported yet (SD 1.x/2.x and SDXL are)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Composer:
+    """A warm pipeline plus a LoRA cache; ``run(job)`` generates one image."""
+
+    def __init__(self, pipe, registry: Callable[[], Any] | None = None, model_name: str | None = None):
+        self.pipe = pipe
+        self.loader = LoraLoader(pipe, registry)
+        self.model_name = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
+        self.is_sdxl = pipeline_family(pipe) == "sdxl"
+
+    @classmethod
+    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32) -> "Composer":
+        import os  # noqa: PLC0415
+
+        return cls(load_pipeline(model, device, dtype), registry, os.path.basename(os.path.normpath(model)))
+
+    # ------------------------------------------------------------------ prompt encodings
+    def _encode(self, prompt: str, negative: str):
+        device = self.pipe._execution_device
+        if self.is_sdxl:
+            pe, npe, ppe, nppe = self.pipe.encode_prompt(
+                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                negative_prompt=negative)
+            return pe, npe, ppe, nppe
+        pe, npe = self.pipe.encode_prompt(prompt, device, 1, True, negative)
+        return pe, npe, None, None
+
+    def _has_adapters(self) -> bool:
+        return bool(getattr(self.loader, "_by_path", None))
+
+    def _branch(self, adapter: str | None, prompt: str, negative: str, active: list[LoadedLora] | None) -> Branch:
+        """Encode the prompt with exactly ``active`` text-encoder adapters on (None/[]: base text encoder)."""
+        if self._has_adapters():
+            if active:
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([a.adapter for a in active], [a.weight for a in active])
+            else:
+                self.pipe.disable_lora()
+        pe, npe, ppe, nppe = self._encode(prompt, negative)
+        return Branch(adapter, pe, npe, ppe, nppe)
+
+    # ------------------------------------------------------------------ run
+    def prepare(self, job: Job) -> tuple[str, list[LoadedLora]]:
+        """Parse prompt tags, resolve and load every LoRA (refusing bad ones) before any denoising."""
+        if job.method not in METHODS:
+            raise ValueError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
+        prompt, tagged = extract_prompt_loras(job.prompt)
+        refs = [r if isinstance(r, LoraRef) else parse_lora_token(r) for r in job.loras] + tagged
+        loras = self.loader.load_all(refs)
+        if job.method != "base" and not loras:
+            raise ValueError(f"method {job.method!r} needs at least one LoRA")
+        if job.method == "base":
+            loras = []
+        return prompt, loras
+
+    def run(self, job: Job, progress: Callable[[int, int], None] | None = None) -> Result:
+        t0 = time.perf_counter()
+        prompt, loras = self.prepare(job)
+        names = [a.adapter for a in loras]
+        weights = [a.weight for a in loras]
+        neg = job.negative_prompt
+        switch = None
+        if job.method == "base":
+            branches, combine = [self._branch(BASE if self._has_adapters() else None, prompt, neg, None)], combine_single
+            if branches[0].adapter is None:
+                pass
+        elif job.method == "merge":
+            branches, combine = [self._branch(None, prompt, neg, loras)], combine_single
+        elif job.method == "switch":
+            branches, combine = [self._branch(None, prompt, neg, [a]) for a in loras], combine_single
+        elif job.method == "composite":
+            branches, combine = [self._branch(a.adapter, prompt, neg, [a]) for a in loras], combine_mean
+        else:
+            branches = [self._branch(BASE, prompt, neg, None)] + [self._branch(a.adapter, prompt, neg, [a]) for a in loras]
+            combine = LoratorioCombine(job.params.p, job.params.tau, job.params.lam, job.params.k)
+        # Adapter state for denoising: scales for every LoRA of the job (mixed batches read them).
+        if loras:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, weights)
+        elif self._has_adapters():
+            self.pipe.enable_lora()  # the base branch runs as "__base__" in a mixed batch
+        denoiser = MultiLoraDenoiser(self.pipe.unet, branches, combine, batched=job.batched)
+        if job.method == "switch":
+            switch = SwitchLoras(denoiser, names, weights, job.switch_every)
+            switch.activate(self.pipe, 0)
+        callback = StepCallbacks(switch, progress_callback(progress, job.steps) if progress else None)
+        first = branches[0]
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=job.steps,
+            guidance_scale=job.cfg, height=job.height, width=job.width, output_type="pil",
+            generator=torch.Generator("cpu").manual_seed(job.seed), callback_on_step_end=callback,
+        )
+        if self.is_sdxl:
+            kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
+        with torch.inference_mode(), installed(self.pipe, denoiser):
+            image = self.pipe(**kwargs).images[0]
+        per_step = self._step_weights(job, denoiser, switch, loras)
+        seconds = time.perf_counter() - t0
+        height = job.height or image.height
+        width = job.width or image.width
+        report = {
+            "name": job.name, "prompt": prompt, "negative_prompt": neg, "model": self.model_name,
+            "method": job.method, "seed": job.seed, "steps": job.steps, "cfg": job.cfg, "width": width,
+            "height": height, "sampler": self.sampler_name(), "loras": [a.report() for a in loras],
+            "loratorio": asdict(job.params) if job.method == "loratorio" else None,
+            "switch_every": job.switch_every if job.method == "switch" else None,
+            "batched": job.batched, "unet_calls": denoiser.unet_calls, "unet_samples": denoiser.unet_samples,
+            "seconds": round(seconds, 3),
+        }
+        return Result(image, self.parameters_text(prompt, loras, job, width, height), report, per_step,
+                      [a.name for a in loras])
+
+    def _step_weights(self, job, denoiser, switch, loras) -> list[torch.Tensor]:
+        n = len(loras)
+        if job.method == "loratorio":
+            return [w[:, 0] for w in denoiser.weights]
+        if job.method == "composite":
+            return [torch.full((n, 1, 1), 1.0 / n) for _ in range(job.steps)]
+        if job.method == "switch" and switch is not None:
+            return [torch.nn.functional.one_hot(torch.tensor(k), n).float().reshape(n, 1, 1) for k in switch.history[: job.steps]]
+        if job.method == "merge":
+            return [torch.tensor([a.weight for a in loras]).reshape(n, 1, 1) for _ in range(job.steps)]
+        return []
+
+    def sampler_name(self) -> str:
+        name = type(self.pipe.scheduler).__name__
+        return _SAMPLERS.get(name, name)
+
+    def parameters_text(self, prompt: str, loras: list[LoadedLora], job: Job, width: int, height: int) -> str:
+        """A1111's ``parameters`` convention: prompt with ``<lora:...>`` tags, negative prompt, then settings."""
+        tags = "".join(f" <lora:{a.name}:{a.weight:g}>" for a in loras)
+        lines = [prompt + tags]
+        if job.negative_prompt:
+            lines.append(f"Negative prompt: {job.negative_prompt}")
+        settings = [f"Steps: {job.steps}", f"Sampler: {self.sampler_name()}", f"CFG scale: {job.cfg:g}",
+                    f"Seed: {job.seed}", f"Size: {width}x{height}", f"Model: {self.model_name}"]
+        if loras:
+            settings.append('Lora hashes: "' + ", ".join(f"{a.name}: {a.autov3}" for a in loras) + '"')
+        settings.append(f"Composition: {job.method}")
+        if job.method == "loratorio":
+            p = job.params
+            settings.append(f'LoRAtorio: "p={p.p}, tau={p.tau:g}, lambda={p.lam:g}, k={p.k}"')
+        if job.method == "switch":
+            settings.append(f"Switch every: {job.switch_every}")
+        lines.append(", ".join(settings))
+        return "\n".join(lines)
+
+
+def compose(prompt: str, model: str, loras: Sequence[LoraRef | str] = (), **job_kwargs) -> Result:
+    """One-shot convenience: load ``model``, run one :class:`Job`, return the :class:`Result`."""
+    return Composer.from_pretrained(model).run(Job(prompt, loras=loras, **job_kwargs))

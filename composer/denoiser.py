@@ -1,0 +1,220 @@
+"""A model wrapper that passes for the UNet inside a stock diffusers pipeline.
+
+In the style of k-diffusion's ``external.py``: the pipeline's own loop (scheduler, CFG, VAE) is
+untouched; only ``pipe.unet`` is swapped for :class:`MultiLoraDenoiser` while a job runs. The
+pipeline calls it with ``[x_uncond, x_cond]`` and the base prompt embeddings; the wrapper runs
+every *branch* (base model, LoRA 1..N, each conditional and unconditional, each with its own
+prompt encoding) as ONE batched UNet call with a per-sample adapter, then a ``combine`` rule
+returns ``[eps_u, eps_c]`` so that the pipeline's ordinary CFG yields the composed prediction.
+
+Per-sample adapters use PEFT's mixed-adapter batches: ``LoraLayer.forward(x, adapter_names=...)``.
+diffusers' UNet does not pass ``adapter_names`` down, so :func:`mixed_adapter_batch` installs a
+forward pre-hook on every PEFT layer that injects it (the same mechanism PEFT's own
+``PeftModel._enable_peft_forward_hooks`` uses).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from composer import math as cm
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Branch:
+    """One member of the batch: an adapter and that adapter's own prompt encoding.
+
+    ``adapter`` is a PEFT adapter name, :data:`BASE` for the base model, or None for "whatever
+    adapters are active" (merge and switch set them with ``set_adapters``).
+    ``cond``/``uncond`` are ``(B, seq, dim)`` prompt embeddings; ``pooled_*`` the SDXL pooled ones.
+    """
+
+    adapter: str | None
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    pooled_cond: torch.Tensor | None = None
+    pooled_uncond: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[None]:
+    """Within the block, every PEFT LoRA layer of ``model`` gets ``adapter_names`` (one per sample)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    names = list(adapter_names)
+
+    def pre_hook(_module, args, kwargs):
+        kwargs["adapter_names"] = names
+        return args, kwargs
+
+    handles = [
+        m.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        for m in model.modules() if isinstance(m, BaseTunerLayer)
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ------------------------------------------------------------------------- combine rules
+# combine(eps_u (V, B, C, H, W) | None, eps_c (V, B, C, H, W), step) -> (eps_u | None, eps_c, weights | None)
+
+def combine_single(eps_u, eps_c, step):
+    """base / merge / switch: one branch, passed through."""
+    return (None if eps_u is None else eps_u[0]), eps_c[0], None
+
+
+def combine_mean(eps_u, eps_c, step):
+    """Composite (Zhong et al. 2024, arXiv:2402.16843): the average of the per-LoRA guided predictions.
+
+    CFG is linear, so averaging the guided predictions equals guiding the averaged branches.
+    """
+    n = eps_c.shape[0]
+    w = torch.full((n, eps_c.shape[1], 1, 1), 1.0 / n)
+    return (None if eps_u is None else eps_u.mean(0)), eps_c.mean(0), w
+
+
+@dataclass
+class LoratorioCombine:
+    """LoRAtorio (arXiv:2508.11624): branch 0 is the base model, branches 1..N the LoRAs."""
+
+    p: int
+    tau: float
+    lam: float
+    k: int | None = None
+
+    def __call__(self, eps_u, eps_c, step):
+        if eps_c.shape[0] < 2:
+            raise ValueError("LoRAtorio needs the base branch and at least one LoRA branch")
+        if eps_u is None:  # no CFG: only the conditional mix
+            sim = cm.patch_cosine_similarity(eps_c[1:], eps_c[0], self.p)
+            omega = cm.softmin_weights(sim, self.tau, cm.topk_divergence_mask(sim, self.k))
+            pix = cm.patch_weights_to_pixels(omega, self.p, *eps_c.shape[-2:]).to(eps_c.dtype)
+            return None, cm.weighted_sum(eps_c[1:], pix), omega
+        u, c, omega = cm.loratorio_predictions(eps_c[0], eps_u[0], eps_c[1:], eps_u[1:], self.p, self.tau, self.lam, self.k)
+        return u, c, omega
+
+
+class MultiLoraDenoiser(torch.nn.Module):
+    """Stands in for ``pipe.unet``: same call signature, same ``config``/``dtype``/``device``.
+
+    Args:
+        unet: the pipeline's (PEFT-injected) UNet.
+        branches: what to run each step; may be replaced between steps (see ``select``).
+        combine: a combine rule (above).
+        batched: one UNet call for all branches (True) or one call per branch (False, the
+            reference for equality tests and the benchmark).
+    """
+
+    def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True):
+        super().__init__()
+        self.unet = unet
+        self.branches = list(branches)
+        self.active = list(range(len(self.branches)))
+        self.combine = combine
+        self.batched = batched
+        self.step = 0
+        self.unet_calls = 0
+        self.unet_samples = 0
+        self.weights: list[torch.Tensor] = []  # per step: (N, B, Hp, Wp) or (N, B, 1, 1)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["unet"], name)
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Run only these branches from the next step on (used by the switch callback)."""
+        self.active = list(indices)
+
+    def _call_unet(self, sample, timestep, ehs, adapters, added, kwargs):
+        self.unet_calls += 1
+        self.unet_samples += sample.shape[0]
+        ctx = contextlib.nullcontext()
+        if any(a is not None for a in adapters):
+            if any(a is None for a in adapters):
+                raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")
+            ctx = mixed_adapter_batch(self.unet, adapters)
+        with ctx:
+            return self.unet(sample, timestep, encoder_hidden_states=ehs, added_cond_kwargs=added,
+                             return_dict=False, **kwargs)[0]
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=True, **kwargs):
+        branches = [self.branches[i] for i in self.active]
+        b = branches[0].cond.shape[0]
+        if sample.shape[0] == 2 * b:
+            halves = [("uncond", sample[:b]), ("cond", sample[b:])]
+        elif sample.shape[0] == b:
+            halves = [("cond", sample)]
+        else:
+            raise ValueError(f"latent batch {sample.shape[0]} is neither {b} nor {2 * b} (prompt batch {b})")
+        time_ids = None
+        if added_cond_kwargs is not None and "time_ids" in added_cond_kwargs:
+            time_ids = added_cond_kwargs["time_ids"]
+            t_halves = list(time_ids.chunk(len(halves)))
+        # One entry per (half, branch), halves outer: [u_0..u_V, c_0..c_V].
+        xs, ehs, pooled, tids, adapters = [], [], [], [], []
+        for h, (kind, x) in enumerate(halves):
+            for br in branches:
+                xs.append(x)
+                ehs.append(br.cond if kind == "cond" else br.uncond)
+                pooled.append(br.pooled_cond if kind == "cond" else br.pooled_uncond)
+                if time_ids is not None:
+                    tids.append(t_halves[h])
+                adapters.extend([br.adapter] * b)
+
+        def added_for(sl):
+            if added_cond_kwargs is None:
+                return None
+            out = dict(added_cond_kwargs)
+            if pooled[0] is not None:
+                out["text_embeds"] = torch.cat(pooled[sl])
+            if time_ids is not None:
+                out["time_ids"] = torch.cat(tids[sl])
+            return out
+
+        ts = timestep
+        if self.batched:
+            eps = self._call_unet(torch.cat(xs), ts, torch.cat(ehs), adapters, added_for(slice(None)), kwargs)
+        else:
+            eps = torch.cat([
+                self._call_unet(xs[i], ts, ehs[i], adapters[i * b:(i + 1) * b], added_for(slice(i, i + 1)), kwargs)
+                for i in range(len(xs))
+            ])
+        v = len(branches)
+        eps = eps.reshape(len(halves), v, b, *eps.shape[1:])
+        eps_u, eps_c = (eps[0], eps[1]) if len(halves) == 2 else (None, eps[0])
+        u, c, w = self.combine(eps_u, eps_c, self.step)
+        if w is not None:
+            self.weights.append(w.detach().float().cpu())
+        self.step += 1
+        out = c if u is None else torch.cat([u, c])
+        return (out,) if not return_dict else _Output(out)
+
+
+@dataclass
+class _Output:
+    sample: torch.Tensor
+
+    def __getitem__(self, i):
+        return (self.sample,)[i]
+
+
+@contextlib.contextmanager
+def installed(pipe, denoiser: MultiLoraDenoiser) -> Iterator[MultiLoraDenoiser]:
+    """Swap ``pipe.unet`` for the wrapper for the duration of a call, bypassing the pipeline's
+    config bookkeeping (``DiffusionPipeline.__setattr__`` would record the wrapper's class)."""
+    original = pipe.__dict__["unet"]
+    pipe.__dict__["unet"] = denoiser
+    try:
+        yield denoiser
+    finally:
+        pipe.__dict__["unet"] = original
