@@ -36,9 +36,13 @@ class Embedder:
     """Encodes texts to L2-normalised float32 vectors; ``name`` and ``dim`` go into the index manifest."""
 
     def __init__(self, name: str) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1") if name in PACKAGED_ALIASES else None
+        if name in PACKAGED_ALIASES:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # "Loading weights" bars on every CLI call are noise
 
             self.model = SentenceTransformer(resolve_model_path(name), device="cpu")
         except Exception as exc:  # missing package, no network for a hub id, corrupt files

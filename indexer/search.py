@@ -163,7 +163,8 @@ class Searcher:
             cands, best = self._phrase_candidates(phrase, vector)
             if cands:
                 lists.append((best, phrase, cands))
-        lists.sort(key=lambda item: -item[0])
+        # strongest phrase first; the whole prompt last, so hits are credited to the phrase that names them
+        lists.sort(key=lambda item: (item[1] is phrases[-1] and len(phrases) > 1, -item[0]))
 
         # Round-robin over the phrases, strongest first: the i-th best of every subject before the
         # (i+1)-th of any, so one subject with many near-duplicates cannot crowd out the others.

@@ -1,0 +1,40 @@
+"""``loraregistry search``: hybrid semantic + lexical search over the registry."""
+from __future__ import annotations
+
+import click
+
+from loraregistry.cli.common import CliContext, echo_json, json_option, library_errors, pass_cli
+
+FAMILIES = click.Choice(["sd1", "sd2", "sdxl", "flux", "other"])
+
+
+@click.command("search")
+@click.argument("prompt")
+@click.option("-k", "k", default=10, show_default=True, help="How many entries to return.")
+@click.option("--base", type=FAMILIES, help="Only entries of this base family.")
+@click.option("--present", is_flag=True, help="Only entries whose file is on disk.")
+@json_option
+@pass_cli
+@library_errors
+def search(cli: CliContext, prompt: str, k: int, base: str | None, present: bool, as_json: bool) -> None:
+    """Find the LoRAs a prompt asks for: each subject of the prompt, by trigger word, name and meaning.
+
+    Example: loraregistry search "masterpiece, 1girl, nezuko, castle background" -k 5 --base sd1
+    """
+    hits = cli.registry().search(prompt, k=k, base=base, present_only=present)
+    if as_json:
+        echo_json([h.to_dict() for h in hits])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"search: {prompt}")
+    for col in ("id", "name", "base", "score", "found by", "file"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        e = h.entry
+        table.add_row(str(e.id), e.name, e.base_family, f"{h.score:.3f}", f"{h.match}: {h.phrase}", e.file_path or "(catalog)")
+    Console().print(table)
+
+
+COMMANDS = [search]
