@@ -193,22 +193,25 @@ def scene_correct(img: np.ndarray, scene: Scene) -> dict[str, bool]:
 def task_succeeds(img: np.ndarray, task: Task) -> bool:
     """SPEC: every skill the task names is detected, and no object skill it does not name is
     detected at any slot."""
-    scene = task.scene
-    slots = [o.slot for o in scene.objects]
     for skill in task.skills:
-        if skill in spec.OBJECT_SKILLS:
-            ok = any(object_skill_at(img, skill, o.slot) for o in scene.objects if o.kind == skill)
-        elif skill in spec.BACKGROUND_SKILLS:
-            ok = background_skill(img, skill, slots)
-        elif skill == "halo":
-            ok = has_halo(img, [(o.rgb, o.slot) for o in scene.objects])
-        elif skill == "framed":
-            ok = is_framed(img)
-        else:
-            raise ValueError(f"unknown skill {skill!r}")
-        if not ok:
+        if not skill_shown(img, task.scene, skill):
             return False
     for skill in spec.OBJECT_SKILLS:
         if skill not in task.skills and any(object_skill_at(img, skill, s) for s in spec.SLOTS):
             return False
     return True
+
+
+def skill_shown(img: np.ndarray, scene: Scene, skill: str) -> bool:
+    """Is `skill` detected where `scene` asks for it (every object of that kind, for objects)?"""
+    slots = [o.slot for o in scene.objects]
+    if skill in spec.OBJECT_SKILLS:
+        places = [o.slot for o in scene.objects if o.kind == skill]
+        return bool(places) and all(object_skill_at(img, skill, s) for s in places)
+    if skill in spec.BACKGROUND_SKILLS:
+        return background_skill(img, skill, slots)
+    if skill == "halo":
+        return has_halo(img, [(o.rgb, o.slot) for o in scene.objects])
+    if skill == "framed":
+        return is_framed(img)
+    raise ValueError(f"unknown skill {skill!r}")
