@@ -137,7 +137,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: torch.dtype = to
     """An SD 1.x/2.x or SDXL pipeline from a Hugging Face id or a ``save_pretrained`` directory."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: PLC0415
 
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise LoraError(f"{model}: {type(pipe).__name__} is not supported yet (SD 1.x/2.x and SDXL are)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

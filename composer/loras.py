@@ -210,6 +210,10 @@ class LoraLoader:
         family = lora_family(sd, metadata)
         want = pipeline_family(self.pipe)
         name = os.path.basename(path)
+        if fmt == "cloneofsimo":
+            raise LoraError(f"{name}: cloneofsimo 'safeloras' files (unet:N:up/down) are not supported; convert to kohya or diffusers format")
+        if fmt == "unknown":
+            raise LoraError(f"{name}: unrecognised LoRA format (keys like {next(iter(sd), '<none>')!r})")
         if family == "flux" or convert.is_flux_transformer(sd):
             raise LoraError(f"{name} is a flux LoRA (transformer layers); the pipeline is {want}: refused")
         width = convert.lora_cross_attention_width(sd)
@@ -221,10 +225,6 @@ class LoraLoader:
             )
         if family is not None and width is None and family != want:
             raise LoraError(f"{name} is a {family} LoRA; the pipeline is {want}: refused before denoising")
-        if fmt == "cloneofsimo":
-            raise LoraError(f"{name}: cloneofsimo 'safeloras' files (unet:N:up/down) are not supported; convert to kohya or diffusers format")
-        if fmt == "unknown":
-            raise LoraError(f"{name}: unrecognised LoRA format (keys like {next(iter(sd), '<none>')!r})")
         return fmt, family
 
     def load(self, ref: LoraRef) -> LoadedLora:

@@ -33,3 +33,49 @@ def sdxl_dir(tmp_path_factory):
     from composer_tiny import save_tiny_sdxl
 
     return save_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def sd1_loras(sd1_dir, tmp_path_factory):
+    """kohya LoCon (+text encoder), diffusers/PEFT, LyCORIS LoKr (+text encoder) and LoHa files for the tiny SD1."""
+    from diffusers import DiffusionPipeline
+
+    from composer_tiny import write_kohya_lora, write_loha, write_lokr, write_peft_lora
+
+    pipe = DiffusionPipeline.from_pretrained(sd1_dir)
+    d = tmp_path_factory.mktemp("sd1-loras")
+    return {
+        "kohya": write_kohya_lora(d / "kohya_locon.safetensors", pipe.unet, pipe.text_encoder),
+        "peft": write_peft_lora(d / "peft.safetensors", pipe.unet),
+        "lokr": write_lokr(d / "lokr.safetensors", pipe.unet, pipe.text_encoder),
+        "loha": write_loha(d / "loha.safetensors", pipe.unet),
+    }
+
+
+@pytest.fixture(scope="session")
+def sdxl_loras(sdxl_dir, tmp_path_factory):
+    from diffusers import DiffusionPipeline
+
+    from composer_tiny import write_kohya_lora, write_lokr, write_peft_lora
+
+    pipe = DiffusionPipeline.from_pretrained(sdxl_dir)
+    d = tmp_path_factory.mktemp("sdxl-loras")
+    return {
+        "kohya": write_kohya_lora(d / "xl_kohya.safetensors", pipe.unet),
+        "peft": write_peft_lora(d / "xl_peft.safetensors", pipe.unet),
+        "lokr": write_lokr(d / "xl_lokr.safetensors", pipe.unet),
+    }
+
+
+@pytest.fixture(scope="session")
+def sd1_composer(sd1_dir):
+    from composer import Composer
+
+    return Composer.from_pretrained(sd1_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sdxl_composer(sdxl_dir):
+    from composer import Composer
+
+    return Composer.from_pretrained(sdxl_dir, device="cpu")
