@@ -1,0 +1,131 @@
+"""The wrapper inside stock SD1 / SDXL pipelines: batched == sequential, the method identities, e2e."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from composer import Job, LoraError, LoraRef
+from composer.denoiser import BASE, mixed_adapter_batch
+
+
+def _img(r):
+    return np.asarray(r.image).astype(np.float64)
+
+
+def test_wrapper_passes_for_the_unet(sd1_composer):
+    """With the base branch alone the wrapped stock pipeline gives the stock pipeline's image."""
+    c = sd1_composer
+    r = c.run(Job("a red cube", method="base", steps=3, width=32, height=32, seed=3))
+    c.pipe.disable_lora() if c._has_adapters() else None
+    stock = c.pipe("a red cube", num_inference_steps=3, width=32, height=32, output_type="pil",
+                   generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    if c._has_adapters():
+        c.pipe.enable_lora()
+    assert np.abs(_img(r) - np.asarray(stock).astype(np.float64)).max() == 0
+
+
+def test_batched_equals_per_adapter_forwards(sd1_composer, sd1_loras):
+    """One mixed-adapter UNet call == each adapter's own forward (float32, max abs diff < 1e-4)."""
+    c = sd1_composer
+    loaded = c.loader.load_all([LoraRef(p, w) for p, w in zip(sd1_loras.values(), (0.8, 1.0, 0.6, 1.2))])
+    names = [a.adapter for a in loaded]
+    c.pipe.enable_lora()
+    c.pipe.set_adapters(names, [a.weight for a in loaded])
+    unet = c.pipe.unet
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    ehs = torch.randn(1, 77, 32, generator=g)
+    order = [BASE] + names
+    with torch.no_grad(), mixed_adapter_batch(unet, order):
+        batched = unet(x.repeat(len(order), 1, 1, 1), 500, encoder_hidden_states=ehs.repeat(len(order), 1, 1)).sample
+        single = []
+    with torch.no_grad():
+        for i, name in enumerate(order):
+            if name == BASE:
+                unet.disable_adapters()
+            else:
+                unet.enable_adapters()
+                unet.set_adapters([name], [loaded[i - 1].weight])
+            single.append(unet(x, 500, encoder_hidden_states=ehs).sample)
+        unet.enable_adapters()
+    diff = (batched - torch.cat(single)).abs().max().item()
+    assert diff < 1e-4, diff
+    # And the adapters really act: LoRA outputs differ from the base.
+    assert (torch.cat(single[1:]) - single[0]).abs().max() > 1e-3
+
+
+def test_batched_equals_sequential_loratorio_sd1(sd1_composer, sd1_loras):
+    loras = [sd1_loras["kohya"], sd1_loras["lokr"]]
+    a = sd1_composer.run(Job("a cat", loras=loras, steps=3, width=32, height=32, seed=1))
+    b = sd1_composer.run(Job("a cat", loras=loras, steps=3, width=32, height=32, seed=1, batched=False))
+    assert a.report["unet_calls"] == 3 and b.report["unet_calls"] == 3 * 6
+    assert np.abs(_img(a) - _img(b)).max() <= 1  # uint8 images; latents agree to float noise
+
+
+def test_one_lora_loratorio_is_that_lora_up_to_recentring(sd1_composer, sd1_loras):
+    lora = [sd1_loras["peft"]]
+    kw = dict(steps=3, width=32, height=32, seed=2)
+    lt = sd1_composer.run(Job("a dog", loras=lora, method="loratorio", **kw, params=__import__("composer").LoratorioParams(lam=0.0)))
+    alone = sd1_composer.run(Job("a dog", loras=lora, method="merge", **kw))
+    assert np.abs(_img(lt) - _img(alone)).max() <= 1
+
+
+def test_n_copies_of_one_lora_equal_that_lora(sd1_composer, sd1_loras, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy_of_kohya.safetensors"
+    shutil.copy(sd1_loras["kohya"], copy)
+    kw = dict(steps=3, width=32, height=32, seed=4)
+    one = sd1_composer.run(Job("a tree", loras=[sd1_loras["kohya"]], **kw))
+    two = sd1_composer.run(Job("a tree", loras=[sd1_loras["kohya"], str(copy)], **kw))
+    assert np.abs(_img(one) - _img(two)).max() <= 1
+
+
+def test_sd1_e2e_three_formats_png_parameters(sd1_composer, sd1_loras, tmp_path):
+    prompt = f"a castle <lora:{sd1_loras['loha']}:0.7>"
+    r = sd1_composer.run(Job(prompt, loras=[sd1_loras["kohya"], sd1_loras["lokr"] + ":0.5"], steps=3,
+                             width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3)))
+    assert r.image.size == (40, 24)
+    out = tmp_path / "x.png"
+    r.save(str(out))
+    text = Image.open(out).text["parameters"]
+    assert text.splitlines()[0] == "a castle <lora:kohya_locon:1> <lora:lokr:0.5> <lora:loha:0.7>"
+    assert "Steps: 3, Sampler: DDIM, CFG scale: 7.5, Seed: 5, Size: 40x24" in text
+    assert 'Lora hashes: "kohya_locon: ' in text and "Composition: loratorio" in text
+    # 20x12 latents with p=3: a 4x7 grid with partial border patches, weights sum to 1.
+    assert r.weights[0].shape == (3, 4, 7)
+    assert torch.allclose(r.weights[0].sum(0), torch.ones(4, 7), atol=1e-5)
+    wm = r.weights_map()
+    assert wm.size[1] > wm.size[0] / 3
+    # Seeded runs are reproducible.
+    again = sd1_composer.run(Job(prompt, loras=[sd1_loras["kohya"], sd1_loras["lokr"] + ":0.5"], steps=3,
+                                 width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3)))
+    assert np.array_equal(_img(r), _img(again))
+
+
+@pytest.mark.parametrize("method,calls,samples", [("merge", 3, 6), ("switch", 3, 6), ("composite", 3, 12), ("base", 3, 6)])
+def test_baselines_run_in_the_same_loop(sd1_composer, sd1_loras, method, calls, samples):
+    r = sd1_composer.run(Job("a boat", loras=[sd1_loras["kohya"], sd1_loras["peft"]], method=method,
+                             steps=3, width=32, height=32, seed=6))
+    assert (r.report["unet_calls"], r.report["unet_samples"]) == (calls, samples)
+
+
+def test_wrong_family_refused_before_denoising(sd1_composer, sdxl_loras):
+    with pytest.raises(LoraError, match="cross-attention width 64"):
+        sd1_composer.run(Job("x", loras=[sdxl_loras["peft"]], steps=2, width=32, height=32))
+
+
+def test_sdxl_e2e_two_and_three_formats(sdxl_composer, sdxl_loras, sd1_loras, tmp_path):
+    kw = dict(steps=3, width=32, height=32, seed=7)
+    two = sdxl_composer.run(Job("a lighthouse", loras=[sdxl_loras["kohya"], sdxl_loras["peft"]], **kw))
+    three = sdxl_composer.run(Job("a lighthouse", loras=list(sdxl_loras.values()), **kw))
+    seq = sdxl_composer.run(Job("a lighthouse", loras=list(sdxl_loras.values()), batched=False, **kw))
+    assert three.report["unet_samples"] == 3 * 8 and seq.report["unet_calls"] == 3 * 8
+    assert np.abs(_img(three) - _img(seq)).max() <= 1
+    assert np.abs(_img(two) - _img(three)).max() > 0
+    three.save(str(tmp_path / "xl.png"))
+    assert "Sampler: Euler" in Image.open(tmp_path / "xl.png").text["parameters"]
+    with pytest.raises(LoraError, match="refused"):
+        sdxl_composer.run(Job("x", loras=[sd1_loras["peft"]], **kw))
