@@ -1,0 +1,155 @@
+"""``loraregistry compose``: generate images with several LoRAs (LoRAtorio and baselines)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
+
+METHODS = ("base", "merge", "switch", "composite", "loratorio")
+
+
+def _errors():
+    """Library exceptions that become one clean ClickException."""
+    errs: list[type[BaseException]] = [ValueError, OSError]
+    try:
+        from registry.errors import RegistryError
+
+        errs.append(RegistryError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def _progress(total_jobs: int, quiet: bool):
+    """A rich progress bar over steps on stderr (hidden with --json or when not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from loraregistry.cli.common import stderr_console
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=stderr_console(), disable=quiet, transient=True)
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers chatter (load reports, missing-TE-key notes) off the output."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@click.command("compose")
+@click.argument("prompt", required=False)
+@click.option("--model", "-m", required=True, metavar="ID_OR_DIR", help="Hugging Face id or save_pretrained directory (SD 1.x/2.x, SDXL).")
+@click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT]", help="A LoRA file or registry id/name, optional weight. Repeatable.")
+@click.option("--method", type=click.Choice(METHODS), default="loratorio", show_default=True, help="How to combine the LoRAs.")
+@click.option("--steps", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--cfg", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--width", type=click.IntRange(8), default=None, help="Default: the model's native size.")
+@click.option("--height", type=click.IntRange(8), default=None)
+@click.option("--negative-prompt", default="", help="Negative prompt.")
+@click.option("--out", "-o", default=None, metavar="FILE.png|DIR", help="Output PNG (with --batch: a directory).")
+@click.option("--weights-map", default=None, metavar="FILE.png", help="Write an image of each LoRA's per-patch weights over the steps.")
+@click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="JOBS.jsonl",
+              help="Run one job per JSON line on one warm pipeline; needs --out DIR.")
+@click.option("--patch", "p", type=click.IntRange(1), default=2, show_default=True, help="LoRAtorio patch side p (latent pixels).")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help="LoRAtorio SoftMin temperature.")
+@click.option("--lam", "lam", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="LoRAtorio re-centring weight lambda.")
+@click.option("--top-k", "k", type=click.IntRange(1), default=None, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
+@click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@json_option
+@pass_cli
+def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
+            weights_map, batch_file, p, tau, lam, k, switch_every, device, as_json):
+    """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
+
+    LoRAs come from --lora (file paths or registry ids/names) and from A1111 tags in the prompt.
+
+    Example: loraregistry compose "a knight <lora:armor:0.8>" --model ./sd15 --lora castle.safetensors --out knight.png
+    """
+    if batch_file and prompt:
+        raise click.UsageError("give either PROMPT or --batch JOBS.jsonl, not both")
+    if not batch_file and not prompt:
+        raise click.UsageError("missing PROMPT (or --batch JOBS.jsonl)")
+    if batch_file and not out:
+        raise click.UsageError("--batch needs --out DIR")
+    if batch_file and weights_map:
+        raise click.UsageError("--weights-map is per image; with --batch each job's map goes to DIR/<name>.weights.png")
+
+    from composer import Composer, Job, LoratorioParams
+    from composer.loras import parse_lora_token
+
+    _quiet_libraries()
+
+    params = LoratorioParams(p=p, tau=tau, lam=lam, k=k)
+    defaults = dict(method=method, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                    negative_prompt=negative_prompt, switch_every=switch_every)
+    try:
+        if batch_file:
+            jobs = []
+            with open(batch_file, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    d = {**defaults, **{"p": p, "tau": tau, "lam": lam, "k": k}, **json.loads(line)}
+                    d.setdefault("name", f"job{n:04d}")
+                    try:
+                        jobs.append(Job.from_dict(d))
+                    except (ValueError, TypeError) as exc:
+                        raise click.ClickException(f"{batch_file}:{n}: {exc}") from exc
+            os.makedirs(out, exist_ok=True)
+        else:
+            jobs = [Job(prompt, loras=[parse_lora_token(t) for t in loras], params=params, **defaults)]
+        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    reports = []
+    quiet = as_json or not sys.stderr.isatty()
+    with _progress(len(jobs), quiet) as bar:
+        for job in jobs:
+            task = bar.add_task(job.name or "compose", total=job.steps)
+            try:
+                result = composer.run(job, progress=lambda done, total: bar.update(task, completed=done))
+            except _errors() as exc:
+                if not batch_file:
+                    raise click.ClickException(str(exc)) from exc
+                rep = {"name": job.name, "error": str(exc)}
+                reports.append(rep)
+                if not as_json:
+                    click.echo(json.dumps(rep))
+                continue
+            finally:
+                bar.remove_task(task)
+            rep = result.report
+            path = os.path.join(out, f"{job.name}.png") if batch_file else (out or "compose.png")
+            result.save(path)
+            rep["out"] = path
+            wm_path = weights_map or (os.path.join(out, f"{job.name}.weights.png") if batch_file and result.weights else None)
+            if wm_path:
+                if not result.weights:
+                    raise click.ClickException("--weights-map: method 'base' has no LoRA weights to draw")
+                result.weights_map().save(wm_path)
+                rep["weights_map"] = wm_path
+            reports.append(rep)
+            if batch_file and not as_json:
+                click.echo(json.dumps(rep, default=str))
+    if as_json:
+        echo_json(reports if batch_file else reports[0])
+    elif not batch_file:
+        rep = reports[0]
+        loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"]) or "none"
+        click.echo(f"{rep['out']}: {rep['method']}, {rep['steps']} steps, seed {rep['seed']}, LoRAs {loras_txt}, "
+                   f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
+    if batch_file and any("error" in r for r in reports):
+        raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
+
+
+COMMANDS = [compose]

@@ -1,0 +1,73 @@
+"""``loraregistry compose`` through click's CliRunner on the tiny SD1 pipeline."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from loraregistry.cli import cli
+
+
+def test_compose_help_has_example():
+    r = CliRunner().invoke(cli, ["compose", "--help"])
+    assert r.exit_code == 0 and "Example:" in r.output and "--weights-map" in r.output
+
+
+def test_compose_one_image_json_png_weights_map(sd1_dir, sd1_loras, tmp_path):
+    out, wm = tmp_path / "a.png", tmp_path / "w.png"
+    args = ["compose", f"a fox <lora:{sd1_loras['peft']}:0.5>", "--model", sd1_dir, "--lora", sd1_loras["kohya"] + ":0.8",
+            "--lora", sd1_loras["lokr"], "--steps", "2", "--width", "32", "--height", "32", "--seed", "9",
+            "--out", str(out), "--weights-map", str(wm), "--json", "--device", "cpu"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    assert rep["method"] == "loratorio" and rep["unet_calls"] == 2 and rep["unet_samples"] == 2 * 2 * 4
+    assert [x["weight"] for x in rep["loras"]] == [0.8, 1.0, 0.5]
+    assert [x["format"] for x in rep["loras"]] == ["kohya", "lycoris-lokr", "diffusers"]
+    assert Image.open(out).text["parameters"].startswith("a fox <lora:kohya_locon:0.8> <lora:lokr:1> <lora:peft:0.5>\n")
+    assert Image.open(wm).size[1] > 3 * 40
+    # Seeded: same command, same pixels.
+    out2 = tmp_path / "b.png"
+    r2 = CliRunner().invoke(cli, [a if a != str(out) else str(out2) for a in args])
+    assert r2.exit_code == 0
+    assert Image.open(out).tobytes() == Image.open(out2).tobytes()
+
+
+def test_compose_batch(sd1_dir, sd1_loras, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"name": "lt", "prompt": "a hill", "loras": [sd1_loras["kohya"], [sd1_loras["loha"], 0.7]], "method": "loratorio", "seed": 1, "steps": 2},
+        {"name": "sw", "prompt": "a hill", "loras": [sd1_loras["kohya"], sd1_loras["peft"]], "method": "switch", "seed": 1, "steps": 2},
+        {"name": "bad", "prompt": "a hill", "loras": ["/nonexistent/x.safetensors"], "method": "merge", "seed": 1},
+    ]
+    jobs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    d = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(d),
+                                 "--width", "32", "--height", "32", "--device", "cpu"])
+    assert r.exit_code == 1
+    reps = [json.loads(x[x.index('{"name"'):]) for x in r.output.splitlines() if '{"name"' in x]
+    assert [x["name"] for x in reps] == ["lt", "sw", "bad"]
+    assert "error" in reps[2] and "1 of 3 jobs failed" in r.output
+    assert (d / "lt.png").exists() and (d / "sw.png").exists() and (d / "lt.weights.png").exists()
+    assert "Composition: switch" in Image.open(d / "sw.png").text["parameters"]
+
+
+def test_compose_refuses_wrong_family_cleanly(sd1_dir, fixtures_dir):
+    r = CliRunner().invoke(cli, ["compose", "x", "--model", sd1_dir, "--lora", f"{fixtures_dir}/flux_aitoolkit_lora.safetensors",
+                                 "--steps", "1", "--device", "cpu"])
+    assert r.exit_code == 1 and "Error:" in r.output and "flux" in r.output and "Traceback" not in r.output
+
+
+def test_compose_usage_errors(sd1_dir, tmp_path):
+    r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir])
+    assert r.exit_code == 2 and "missing PROMPT" in r.output
+
+
+def test_registry_id_resolution(sd1_dir, sd1_loras, tmp_path):
+    api = pytest.importorskip("registry.api")
+    pytest.importorskip("registry.errors")
+    r = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path}/none.db", "compose", "x", "--model", sd1_dir,
+                                 "--lora", "no-such-lora", "--steps", "1", "--device", "cpu"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
