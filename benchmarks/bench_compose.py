@@ -1,0 +1,136 @@
+"""Seconds per denoising step of LoRAtorio's batched UNet call vs sequential set_adapters vs the floor.
+
+For N LoRAs one LoRAtorio step needs 2(N+1) UNet evaluations (base + N LoRAs, each conditional and
+unconditional). Compared, on the same random-weight UNet with N random rank-8 PEFT LoRAs:
+
+* batched: ONE UNet call of batch 2(N+1), per-sample adapters (PEFT mixed batch, composer.denoiser);
+* sequential: N+1 calls of batch 2, ``set_adapters`` before each (how the Multi-LoRA Composition
+  reference code runs Composite);
+* floor: one plain call of batch 2(N+1) on the same UNet without any LoRA layers.
+
+Also reports max |batched - sequential| (float32). Usage:
+    python benchmarks/bench_compose.py [--sizes tiny,mid] [--n 1,2,4,8] [--reps 3] [--out benchmarks/results/compose.md]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+
+from composer.denoiser import BASE, mixed_adapter_batch
+
+SIZES = {
+    # diffusers' test UNet (get_dummy_components), 16x16 latents.
+    "tiny": (dict(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32, norm_num_groups=32,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")), 16),
+    # ~70M parameters, 32x32 latents.
+    "mid": (dict(block_out_channels=(128, 256, 384), layers_per_block=2, cross_attention_dim=384, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")), 32),
+}
+
+
+def build(size: str, n: int, device: str):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    cfg, latent = SIZES[size]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **cfg).eval().to(device)
+    floor = copy.deepcopy(unet)
+    names = [f"lora{i}" for i in range(n)]
+    for i, name in enumerate(names):
+        torch.manual_seed(100 + i)
+        unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights=False,
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]), adapter_name=name)
+    unet.set_adapters(names, [1.0] * n)
+    return unet, floor, names, cfg["cross_attention_dim"], latent
+
+
+def timeit(fn, reps: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(size: str, n: int, reps: int, device: str) -> dict:
+    unet, floor, names, dim, latent = build(size, n, device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, latent, latent, generator=g).to(device)
+    ehs = torch.randn(2, 77, dim, generator=g).to(device)
+    order = [BASE] + names
+    v = len(order)
+    xb, eb = x.repeat(v, 1, 1, 1), ehs.repeat(v, 1, 1)
+    adapters = [a for a in order for _ in range(2)]
+
+    def batched():
+        with mixed_adapter_batch(unet, adapters):
+            return unet(xb, 500, encoder_hidden_states=eb).sample
+
+    def sequential():
+        outs = []
+        for a in order:
+            if a == BASE:
+                unet.disable_adapters()
+            else:
+                unet.enable_adapters()
+                unet.set_adapters([a], [1.0])
+            outs.append(unet(x, 500, encoder_hidden_states=ehs).sample)
+        unet.enable_adapters()
+        return torch.cat(outs)
+
+    def plain():
+        return floor(xb, 500, encoder_hidden_states=eb).sample
+
+    with torch.inference_mode():
+        diff = (batched() - sequential()).abs().max().item()
+        tb, ts, tf = timeit(batched, reps, device), timeit(sequential, reps, device), timeit(plain, reps, device)
+    params = sum(p.numel() for p in floor.parameters())
+    return dict(size=size, params=params, latent=latent, n=n, batch=2 * v, batched=tb, sequential=ts, floor=tf, diff=diff)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="tiny,mid")
+    ap.add_argument("--n", default="1,2,4,8")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    for size in a.sizes.split(","):
+        for n in (int(s) for s in a.n.split(",")):
+            r = run(size, n, a.reps, a.device)
+            rows.append(r)
+            print(r, flush=True)
+    head = ("| UNet | params | latents | N | batch | batched s/step | sequential s/step | floor s/step | "
+            "batched/floor | sequential/batched | max abs diff |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head] + [
+        f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['latent']}x{r['latent']} | {r['n']} | {r['batch']} | {r['batched']:.4f} | "
+        f"{r['sequential']:.4f} | {r['floor']:.4f} | {r['batched'] / r['floor']:.3f} | {r['sequential'] / r['batched']:.2f} | {r['diff']:.1e} |"
+        for r in rows
+    ]
+    env = f"device={a.device}, threads={a.threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}, median of {a.reps} after 1 warm-up"
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(f"# compose benchmark\n\n{env}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
