@@ -42,12 +42,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling breaks SAVEPOINT (releasing one commits); take it
+            # over as the SQLAlchemy docs recommend, so a per-file savepoint rolls back cleanly.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             # WAL lets searches read while an ingest writes; foreign keys are off by default in SQLite.
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
