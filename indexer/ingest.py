@@ -232,16 +232,26 @@ class Ingester:
                 yield lineno, Problem(path, "failed", f"catalog unreadable after line {lineno}: {exc}")
 
     def _write_catalog_batch(self, session: Session, writer: CatalogWriter, path: str, batch: list[tuple[int, ModelRecord]]) -> None:
-        writer.prefetch(rec for _, rec in batch)
-        for lineno, rec in batch:
-            try:
-                with session.begin_nested():
-                    model = writer.upsert_model(rec, "catalog")
-                    session.flush()
-                self._dirty_models.add(model.id)
-                self.report.counts["records"] += 1
-            except Exception as exc:  # one bad record must not lose the batch
-                self.report.add(f"{path}:{lineno}", "failed", f"cannot store record: {exc.__class__.__name__}: {exc}")
+        records = [rec for _, rec in batch]
+        writer.prefetch(records)
+        try:  # the whole batch in one flush (executemany); record by record only if something breaks
+            with session.begin_nested():
+                models = [writer.upsert_model(rec, "catalog") for rec in records]
+                session.flush()
+        except Exception:
+            writer.forget()
+            writer.prefetch(records)
+            models = []
+            for lineno, rec in batch:
+                try:
+                    with session.begin_nested():
+                        models.append(writer.upsert_model(rec, "catalog"))
+                        session.flush()
+                except Exception as exc:  # one bad record must not lose the batch
+                    writer.forget()
+                    self.report.add(f"{path}:{lineno}", "failed", f"cannot store record: {exc.__class__.__name__}: {exc}")
+        self._dirty_models.update(m.id for m in models)
+        self.report.counts["records"] += len(models)
         self._pending = self.batch_size
         self._flush_batch(session)
 
