@@ -44,6 +44,7 @@ def demo(out_dir: str, prompt: str) -> None:
     for h in hits:
         table.add_row(str(h.entry.id), h.entry.name, f"{h.score:.2f}", f"{h.match}: {h.phrase}", h.entry.file_path or "")
     console.print(table)
+    click.echo("found: " + "; ".join(f"{h.entry.name} <- {h.phrase!r}" for h in hits))
     console.print(f"registry: {out / 'registry.db'}  (try: loraregistry --db {out / 'registry.db'} list)")
 
 

@@ -1,0 +1,84 @@
+"""Search: prompt decomposition, multi-subject retrieval, filters, and an index that follows SQL."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import indexer.faiss_index as faiss_index
+from indexer.prompt import decompose, lora_tags
+from registry.api import Registry
+from tests.registry.test_ingest import make_dump
+
+
+def test_decompose_drops_boilerplate_weights_and_lora_tags() -> None:
+    phrases = decompose("masterpiece, (best quality:1.2), <lora:goku:0.7> son goku and (nezuko:1.1) with a red scarf, 8k")
+    assert [(p.norm, p.boilerplate) for p in phrases] == [
+        ("masterpiece", True), ("best quality", True), ("son goku", False), ("nezuko", False), ("red scarf", False), ("8k", True),
+    ]  # fmt: skip
+    assert lora_tags("x <lora:goku:0.7>, <lora:b>") == [("goku", 0.7), ("b", None)]
+
+
+@pytest.fixture(scope="module")
+def records_registry(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Registry:
+    reg = Registry.open(f"sqlite:///{tmp_path_factory.mktemp('search') / 'r.db'}")
+    reg.ingest(shared / "fixtures/civitai/api-records")
+    return reg
+
+
+def test_each_subject_of_a_multi_subject_prompt_is_found(records_registry: Registry) -> None:
+    prompt = "masterpiece, best quality, RAW photo, son goku, kamado nezuko, aurora, toast in mouth"
+    hits = records_registry.search(prompt, k=5)
+    names = [h.entry.name for h in hits]
+    for expected in ("Son Goku", "Nezuko", "Auroral Background", "Toast in Mouth"):
+        assert any(expected in n for n in names), (expected, names)
+    found_by = {h.entry.civitai_model_id: h.phrase for h in hits}
+    assert found_by[18279] == "son goku" and found_by[26945] == "toast in mouth"
+
+
+def test_semantic_match_without_trigger_words(records_registry: Registry) -> None:
+    for prompt, civitai_id in (("northern lights in the night sky", 85026), ("eating a big hamburger", 27858)):
+        hits = records_registry.search(prompt, k=3)
+        assert hits[0].entry.civitai_model_id == civitai_id  # Auroral Background; Huge Two-Handed Burger
+        assert hits[0].match == "semantic"
+
+
+def test_base_filter(records_registry: Registry) -> None:
+    hits = records_registry.search("oil painting, impressionist", k=10, base="sd2")
+    assert hits and all(h.entry.base_family == "sd2" for h in hits)
+
+
+def test_index_follows_sql_and_is_rebuilt_when_missing(tmp_path: Path) -> None:
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    make_dump(tmp_path / "dump", 2)
+    reg.ingest(tmp_path / "dump")
+    assert [h.entry.name for h in reg.search("trig1", k=1)] == ["Subject 1"]
+    # a second process adds an entry: the first notices the changed stamp and serves it
+    other = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    make_dump(tmp_path / "dump2", 3)
+    other.ingest(tmp_path / "dump2")
+    assert reg.search("trig2", k=1)[0].entry.name == "Subject 2"
+    # the index directory vanishes: the next search rebuilds it from SQL
+    for f in reg.index_dir.iterdir():
+        f.unlink()
+    reg._searcher = None
+    assert reg.search("trig0", k=1)[0].entry.name == "Subject 0"
+    assert faiss_index.read_manifest(reg.index_dir).count == 3
+
+
+def test_failed_index_write_keeps_the_good_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    make_dump(tmp_path / "dump", 2)
+    reg.ingest(tmp_path / "dump")
+    good = faiss_index.read_manifest(reg.index_dir)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(faiss_index.os, "replace", disk_full)
+    with pytest.raises(OSError):
+        reg.reindex()
+    monkeypatch.undo()
+    assert faiss_index.read_manifest(reg.index_dir) == good
+    assert faiss_index.load_index(reg.index_dir) is not None
+    assert not [p for p in reg.index_dir.iterdir() if p.name.endswith(".tmp")]
