@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy 2-core box)")
-    p.add_argument("--ae-steps", type=int, default=800)
+    p.add_argument("--ae-steps", type=int, default=1400)
     p.add_argument("--ae-lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=8000, help="base UNet steps")

@@ -23,7 +23,7 @@ N_CACHE = 16000
 CAPTION_DROPOUT = 0.1
 WARMUP = 100
 CKPT_EVERY = 250
-EXPORT_EVERY = 2000
+EXPORT_EVERY = 1000
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
