@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -100,5 +99,3 @@ def vector_to_bytes(vector: np.ndarray) -> bytes:
 def bytes_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
-
-__all__ = ["Embedder", "get_embedder", "document_text", "text_sha256", "vector_to_bytes", "bytes_to_vector", "Path"]
