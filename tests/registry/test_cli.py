@@ -12,8 +12,10 @@ from loraregistry.cli import cli
 from tests.registry.test_ingest import make_dump
 
 
-def invoke(*args: str, db: Path | None = None) -> click.testing.Result:
-    argv = (["--db", f"sqlite:///{db}"] if db else []) + list(args)
+def invoke(*args: str, db: Path | str | None = None) -> click.testing.Result:
+    """``db``: a SQLite file, or any SQLAlchemy URL."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}" if db else None
+    argv = (["--db", url] if url else []) + list(args)
     return CliRunner().invoke(cli, argv, catch_exceptions=False)
 
 
@@ -34,8 +36,8 @@ def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
     assert command.help and "Example:" in command.help, f"{' '.join(path)} lacks an Example: in its help"
 
 
-def test_ingest_search_show_remove(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
+def test_ingest_search_show_remove(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     make_dump(tmp_path / "dump", 3)
     (tmp_path / "dump" / "bad.safetensors").write_bytes(b"\x00" * 4)
     result = invoke("ingest", str(tmp_path / "dump"), "--json", db=db)
