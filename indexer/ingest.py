@@ -11,25 +11,35 @@ import hashlib
 import io
 import json
 import os
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from indexer.walk import AdapterCandidate, walk_dump
 from registry.civitai import FileRecord, ModelRecord, NotARecord, VersionRecord, parse_any, parse_model_record
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, RegistryError
 from registry.formats import FormatInfo, detect_format
 from registry.models import LoraFile, LoraModel, ScannedPath, Version
 from registry.safetensors_header import SafetensorsHeader, read_header
 from registry.service import CatalogWriter, set_trigger_words
+from registry.text import clean_text
 
 MAX_SIDECAR_BYTES = 32 * 1024 * 1024
 MAX_METADATA_VALUE = 64 * 1024
 HASH_CHUNK = 4 * 1024 * 1024
+# A batch that collides with a concurrent ingest (a unique key taken, a lock, a deadlock) is rolled
+# back and redone; after CONFLICT_RETRIES redos a still-conflicting item is reported as failed.
+CONFLICT_RETRIES = 3
+RETRY_DEADLINE_S = 900.0
+# Errors from another writer, worth a retry: SQLite busy/locked; PostgreSQL deadlock, serialization
+# failure, lock not available.
+_TRANSIENT_PGCODES = {"40P01", "40001", "55P03"}
 
 Progress = Callable[[int, str], None]  # (items done since last call, current path)
 
@@ -85,8 +95,24 @@ def _clean_metadata(metadata: dict[str, str]) -> dict[str, str]:
     for key, value in metadata.items():
         if len(value) > MAX_METADATA_VALUE:  # thumbnails, huge tag-frequency tables
             value = f"<omitted: {len(value)} characters>"
-        out[key] = value
+        out[clean_text(key)[:1024]] = clean_text(value)
     return out
+
+
+def _transient(exc: Exception) -> bool:
+    """A conflict with another writer (retry), as opposed to a full disk or a read-only database."""
+    if isinstance(exc, IntegrityError):
+        return True
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_PGCODES:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database is busy" in text or "deadlock" in text
+
+
+def _display_path(path: str) -> str:
+    """A path that prints and stores: bytes that are not UTF-8 shown as backslash escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_json(path: str) -> Any:
@@ -164,13 +190,10 @@ class Ingester:
         self.progress = progress or (lambda n, path: None)
         self.report = IngestReport()
         self._dirty_models: set[int] = set()
-        self._pending = 0
 
     # -- units of work --------------------------------------------------------------------
-    def _flush_batch(self, session: Session, force: bool = False) -> None:
-        self._pending += 1
-        if not force and self._pending < self.batch_size:
-            return
+    def _commit(self, session: Session) -> None:
+        """Commit the batch together with the embeddings of the models it changed."""
         session.flush()
         if self._dirty_models:
             from indexer.sync import update_embeddings
@@ -178,7 +201,47 @@ class Ingester:
             self.report.counts["embedded"] += update_embeddings(session, self.registry.embedder(), self._dirty_models)
             self._dirty_models.clear()
         session.commit()
-        self._pending = 0
+
+    def _transact(self, session: Session, writer: CatalogWriter, work: Callable[[int], None]) -> None:
+        """Run ``work(attempt)`` and commit it as one transaction. When it collides with another
+        process writing the same registry (a unique key it just took, a lock, a deadlock), roll
+        back and redo it: ``work`` then sees what the other committed. Anything else (a full disk,
+        a read-only database) is one clear RegistryError."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            problems, warnings, counts = len(self.report.problems), len(self.report.warnings), Counter(self.report.counts)
+            try:
+                work(attempt)
+                self._commit(session)
+                return
+            except (IntegrityError, OperationalError) as exc:
+                session.rollback()
+                writer.forget()
+                self._dirty_models.clear()
+                del self.report.problems[problems:], self.report.warnings[warnings:]
+                self.report.counts = counts
+                if not _transient(exc):
+                    raise RegistryError(f"cannot write to the registry: {str(exc.orig).strip()}") from exc
+                if time.monotonic() - started > RETRY_DEADLINE_S:
+                    raise RegistryError(f"gave up after {attempt + 1} tries against concurrent writers: {str(exc.orig).strip()}") from exc
+                attempt += 1
+                self.report.counts["retried_batches"] += 1
+                time.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))
+
+    def _guard(self, writer: CatalogWriter, attempt: int, path: str, step: Callable[[], None]) -> None:
+        """One item of a batch: a conflict with another writer redoes the batch (until the last
+        tries); any other error is that item's failure, never the run's."""
+        try:
+            step()
+        except (IntegrityError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) or attempt < CONFLICT_RETRIES:
+                raise
+            writer.forget()
+            self.report.add(path, "failed", f"cannot store: {clean_text(str(exc.orig))[:500]}")
+        except Exception as exc:  # never let one file stop thousands; its savepoint was rolled back
+            writer.forget()
+            self.report.add(path, "failed", f"internal error: {exc.__class__.__name__}: {clean_text(str(exc))[:500]}")
 
     def _mark_dirty(self, session: Session, model: LoraModel) -> None:
         if model.id is None:
@@ -188,7 +251,7 @@ class Ingester:
     # -- catalogs -------------------------------------------------------------------------
     def ingest_catalog(self, path: str) -> IngestReport:
         start = time.perf_counter()
-        with self.registry.session() as session:
+        with self.registry.session(write=True) as session:
             writer = CatalogWriter(session)
             batch: list[tuple[int, ModelRecord]] = []
             for lineno, item in self._catalog_lines(path):
@@ -201,7 +264,6 @@ class Ingester:
                     batch = []
             if batch:
                 self._write_catalog_batch(session, writer, path, batch)
-            self._flush_batch(session, force=True)
         self.report.elapsed_s = time.perf_counter() - start
         return self.report
 
@@ -233,27 +295,37 @@ class Ingester:
 
     def _write_catalog_batch(self, session: Session, writer: CatalogWriter, path: str, batch: list[tuple[int, ModelRecord]]) -> None:
         records = [rec for _, rec in batch]
-        writer.prefetch(records)
-        try:  # the whole batch in one flush (executemany); record by record only if something breaks
-            with session.begin_nested():
-                models = [writer.upsert_model(rec, "catalog") for rec in records]
-                session.flush()
-        except Exception:
-            writer.forget()
+
+        def work(attempt: int) -> None:
             writer.prefetch(records)
-            models = []
-            for lineno, rec in batch:
-                try:
-                    with session.begin_nested():
-                        models.append(writer.upsert_model(rec, "catalog"))
-                        session.flush()
-                except Exception as exc:  # one bad record must not lose the batch
-                    writer.forget()
-                    self.report.add(f"{path}:{lineno}", "failed", f"cannot store record: {exc.__class__.__name__}: {exc}")
-        self._dirty_models.update(m.id for m in models)
-        self.report.counts["records"] += len(models)
-        self._pending = self.batch_size
-        self._flush_batch(session)
+            try:  # the whole batch in one flush (executemany); record by record only if something breaks
+                with session.begin_nested():
+                    models = [writer.upsert_model(rec, "catalog") for rec in records]
+                    session.flush()
+            except (IntegrityError, OperationalError):
+                if attempt < CONFLICT_RETRIES:
+                    raise  # most likely another ingest took a key first: redo the batch
+                models = self._catalog_records_one_by_one(session, writer, path, batch)
+            except Exception:
+                models = self._catalog_records_one_by_one(session, writer, path, batch)
+            self._dirty_models.update(m.id for m in models)
+            self.report.counts["records"] += len(models)
+
+        self._transact(session, writer, work)
+
+    def _catalog_records_one_by_one(self, session: Session, writer: CatalogWriter, path: str, batch: list[tuple[int, ModelRecord]]) -> list[LoraModel]:
+        writer.forget()
+        writer.prefetch([rec for _, rec in batch])
+        models = []
+        for lineno, rec in batch:
+            try:
+                with session.begin_nested():
+                    models.append(writer.upsert_model(rec, "catalog"))
+                    session.flush()
+            except Exception as exc:  # one bad record must not lose the batch
+                writer.forget()
+                self.report.add(f"{path}:{lineno}", "failed", f"cannot store record: {exc.__class__.__name__}: {clean_text(str(exc))[:500]}")
+        return models
 
     # -- dumps ----------------------------------------------------------------------------
     def ingest_dump(self, root: str, follow_symlinks: bool = False) -> IngestReport:
@@ -265,49 +337,53 @@ class Ingester:
         for path, kind, reason in walked.problems:
             self.report.add(path, kind, reason)
         self.report.counts["other_files"] = walked.other_files
-        with self.registry.session() as session:
-            prefix = root.rstrip(os.sep) + os.sep
-            known_files = {
-                f.path: f
-                for f in session.scalars(select(LoraFile).where(LoraFile.path.startswith(prefix, autoescape=True)))
-            }
-            scanned = {
-                s.path: s
-                for s in session.scalars(select(ScannedPath).where(ScannedPath.path.startswith(prefix, autoescape=True)))
-            }
+        items: list[tuple[str, Any]] = [("pickle", p) for p in walked.pickles]
+        items += [("record", p) for p in walked.records]
+        items += [("adapter", c) for c in walked.adapters]
+        seen = {p if kind != "adapter" else p.path for kind, p in items}
+        with self.registry.session(write=True) as session:
             writer = CatalogWriter(session)
-            seen: set[str] = set()
-            for path in walked.pickles:
-                seen.add(path)
-                self._refuse_pickle(session, scanned, path)
-                self._flush_batch(session)
-                self.progress(1, path)
-            for path in walked.records:
-                seen.add(path)
-                self._ingest_record(session, writer, scanned, path)
-                self._flush_batch(session)
-                self.progress(1, path)
-            for candidate in walked.adapters:
-                seen.add(candidate.path)
-                try:
-                    self._ingest_adapter(session, writer, known_files, scanned, candidate)
-                except Exception as exc:  # never let one file stop thousands; its savepoint was rolled back
-                    writer.forget()
-                    self.report.add(candidate.path, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
-                self._flush_batch(session)
-                self.progress(1, candidate.path)
-            for path, row in known_files.items():
-                if path not in seen and row.status == "present":
-                    row.status = "missing"
-                    self.report.counts["missing"] += 1
-            for path, row in scanned.items():
-                if path not in seen:
-                    session.delete(row)
-            self._flush_batch(session, force=True)
+            for i in range(0, len(items), self.batch_size):
+                batch = items[i : i + self.batch_size]
+                self._transact(session, writer, lambda attempt: self._dump_batch(session, writer, batch, attempt))
+            prefix = root.rstrip(os.sep) + os.sep
+            self._transact(session, writer, lambda attempt: self._sweep(session, prefix, seen))
         for catalog in walked.catalogs:
             self.ingest_catalog(catalog)
         self.report.elapsed_s = time.perf_counter() - start
         return self.report
+
+    def _dump_batch(self, session: Session, writer: CatalogWriter, batch: list[tuple[str, Any]], attempt: int) -> None:
+        """One batch of a dump, against what SQL holds now (another process may have written since)."""
+        paths = [item if kind != "adapter" else item.path for kind, item in batch]
+        known_files: dict[str, LoraFile] = {}
+        scanned: dict[str, ScannedPath] = {}
+        for chunk in range(0, len(paths), 500):
+            part = paths[chunk : chunk + 500]
+            known_files.update((f.path, f) for f in session.scalars(select(LoraFile).where(LoraFile.path.in_(part))))
+            scanned.update((r.path, r) for r in session.scalars(select(ScannedPath).where(ScannedPath.path.in_(part))))
+        for (kind, item), path in zip(batch, paths):
+            if kind == "pickle":
+                step = lambda: self._refuse_pickle(session, scanned, item)  # noqa: E731
+            elif kind == "record":
+                step = lambda: self._ingest_record(session, writer, scanned, item)  # noqa: E731
+            else:
+                step = lambda: self._ingest_adapter(session, writer, known_files, scanned, item)  # noqa: E731
+            self._guard(writer, attempt, path, step)
+            self.progress(1, path)
+
+    def _sweep(self, session: Session, prefix: str, seen: set[str]) -> None:
+        """Files under the dump that the walk no longer found: missing; stale scan records: gone."""
+        rows = session.execute(
+            select(LoraFile.id, LoraFile.path).where(LoraFile.path.startswith(prefix, autoescape=True), LoraFile.status == "present")
+        ).all()
+        gone = [row_id for row_id, path in rows if path not in seen]
+        for chunk in range(0, len(gone), 500):
+            session.execute(update(LoraFile).where(LoraFile.id.in_(gone[chunk : chunk + 500])).values(status="missing"))
+        self.report.counts["missing"] += len(gone)
+        for row in session.scalars(select(ScannedPath).where(ScannedPath.path.startswith(prefix, autoescape=True))):
+            if row.path not in seen:
+                session.delete(row)
 
     def total_items(self, root: str) -> int:
         walked = walk_dump(root)
@@ -324,6 +400,7 @@ class Ingester:
         return st.st_size, mtime
 
     def _remember(self, session: Session, scanned: dict[str, ScannedPath], path: str, kind: str, reason: str | None, size: int | None, mtime: int | None) -> None:
+        reason = clean_text(reason)[:4000] if reason is not None else None
         row = scanned.get(path)
         if row is None:
             row = ScannedPath(path=path, kind=kind)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from registry import migrate, settings
 from registry.db import Session as SessionFactory
-from registry.db import make_engine
+from registry.db import make_engine, writer_engine
 from registry.errors import Ambiguous, InvalidInput, NotFound, RegistryError
 from registry.models import LoraFile, LoraModel, ScannedPath, TriggerWord, Version
 from registry.service import LoraEntry, clean_name, entry_of, read_stamp, version_query
@@ -39,6 +39,7 @@ class Registry:
         if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
+        self._writer = writer_engine(self.engine)
         try:
             migrate.ensure_head(self.engine)
         except OperationalError as exc:
@@ -54,9 +55,13 @@ class Registry:
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """One unit of work: committed by the caller, rolled back and closed on error."""
-        session = SessionFactory(bind=self.engine)
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """One unit of work: committed by the caller, rolled back and closed on error.
+
+        ``write``: the session will write, so on SQLite each of its transactions takes the write lock
+        when it begins (readers never wait for a writer under WAL, and never take that lock).
+        """
+        session = SessionFactory(bind=self._writer if write else self.engine)
         try:
             yield session
         except BaseException:
@@ -103,7 +108,7 @@ class Registry:
         """Remove an entry (a version); its model goes too when it has no version left."""
         from registry.service import bump_stamp
 
-        with self.session() as session:
+        with self.session(write=True) as session:
             version = session.scalar(version_query().where(Version.id == entry_id))
             if version is None:
                 raise NotFound(f"no registry entry with id {entry_id}")

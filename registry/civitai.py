@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.text import html_to_text, normalize_word
+from registry.text import clean_text, html_to_text, normalize_word
 
 
 @dataclass
@@ -54,7 +54,7 @@ class NotARecord(ValueError):
 
 def _str(value: Any, limit: int = 100_000) -> str | None:
     if isinstance(value, str) and value.strip():
-        return value.strip()[:limit]
+        return clean_text(value.strip())[:limit].strip() or None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return None

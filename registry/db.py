@@ -35,6 +35,14 @@ class Base(DeclarativeBase):
 
 Session = sessionmaker(expire_on_commit=False)
 
+# Execution option of an engine whose sessions write (see ``writer_engine``).
+WRITER = "loraregistry_writer"
+
+
+def writer_engine(engine: Engine) -> Engine:
+    """The same engine and pool, for sessions that will write: on SQLite they begin IMMEDIATE."""
+    return engine.execution_options(**{WRITER: True})
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
@@ -54,7 +62,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # A writer takes the write lock up front (BEGIN IMMEDIATE, waiting up to the timeout): a
+            # deferred transaction that reads first and writes later fails at once with "database is
+            # locked" when another writer committed in between, whatever the timeout.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

@@ -27,6 +27,14 @@ class _TextExtractor(HTMLParser):
         self.parts.append(data)
 
 
+def clean_text(value: str) -> str:
+    """Text that every database stores: no NUL characters (PostgreSQL refuses them in text and
+    JSON) and no lone surrogates (not encodable as UTF-8), whatever a hostile file put there."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def html_to_text(value: str | None) -> str | None:
     """Civitai descriptions are HTML; keep their words and paragraph breaks, drop the markup."""
     if not value:
