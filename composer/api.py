@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from composer.cache import DEFAULT_CACHE_BYTES
 from composer.callbacks import StepCallbacks, SwitchLoras, progress_callback
 from composer.denoiser import BASE, Branch, LoratorioCombine, MultiLoraDenoiser, combine_mean, combine_single, installed
 from composer.loras import LoadedLora, LoraError, LoraLoader, LoraRef, extract_prompt_loras, parse_lora_token, pipeline_family
@@ -147,19 +148,24 @@ def load_pipeline(model: str, device: str | None = None, dtype: torch.dtype = to
 
 
 class Composer:
-    """A warm pipeline plus a LoRA cache; ``run(job)`` generates one image."""
+    """A warm pipeline plus a LoRA cache; ``run(job)`` generates one image.
 
-    def __init__(self, pipe, registry: Callable[[], Any] | None = None, model_name: str | None = None):
+    ``cache_bytes`` bounds the LoRA weights kept installed between jobs (None: unbounded).
+    """
+
+    def __init__(self, pipe, registry: Callable[[], Any] | None = None, model_name: str | None = None,
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES):
         self.pipe = pipe
-        self.loader = LoraLoader(pipe, registry)
+        self.loader = LoraLoader(pipe, registry, max_bytes=cache_bytes)
         self.model_name = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
         self.is_sdxl = pipeline_family(pipe) == "sdxl"
 
     @classmethod
-    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32) -> "Composer":
+    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32,
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "Composer":
         import os  # noqa: PLC0415
 
-        return cls(load_pipeline(model, device, dtype), registry, os.path.basename(os.path.normpath(model)))
+        return cls(load_pipeline(model, device, dtype), registry, os.path.basename(os.path.normpath(model)), cache_bytes)
 
     # ------------------------------------------------------------------ prompt encodings
     def _encode(self, prompt: str, negative: str):

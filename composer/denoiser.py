@@ -111,15 +111,21 @@ class MultiLoraDenoiser(torch.nn.Module):
         combine: a combine rule (above).
         batched: one UNet call for all branches (True) or one call per branch (False, the
             reference for equality tests and the benchmark).
+        uncond_branches: run the unconditional half for only the first n active branches (None:
+            all). The probe (composer.probe) needs only the base model's unconditional prediction
+            (LoRAtorio with lambda = 1), which saves K of its 2(K + 1) samples per step; ``combine``
+            then gets ``eps_u`` with n branches.
     """
 
-    def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True):
+    def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True,
+                 uncond_branches: int | None = None):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
         self.active = list(range(len(self.branches)))
         self.combine = combine
         self.batched = batched
+        self.uncond_branches = uncond_branches
         self.step = 0
         self.unet_calls = 0
         self.unet_samples = 0
@@ -162,8 +168,9 @@ class MultiLoraDenoiser(torch.nn.Module):
             t_halves = list(time_ids.chunk(len(halves)))
         # One entry per (half, branch), halves outer: [u_0..u_V, c_0..c_V].
         xs, ehs, pooled, tids, adapters = [], [], [], [], []
+        n_u = len(branches) if self.uncond_branches is None else min(self.uncond_branches, len(branches))
         for h, (kind, x) in enumerate(halves):
-            for br in branches:
+            for br in (branches[:n_u] if kind == "uncond" else branches):
                 xs.append(x)
                 ehs.append(br.cond if kind == "cond" else br.uncond)
                 pooled.append(br.pooled_cond if kind == "cond" else br.pooled_uncond)
@@ -190,8 +197,11 @@ class MultiLoraDenoiser(torch.nn.Module):
                 for i in range(len(xs))
             ])
         v = len(branches)
-        eps = eps.reshape(len(halves), v, b, *eps.shape[1:])
-        eps_u, eps_c = (eps[0], eps[1]) if len(halves) == 2 else (None, eps[0])
+        if len(halves) == 2:
+            eps_u = eps[: n_u * b].reshape(n_u, b, *eps.shape[1:])
+            eps_c = eps[n_u * b:].reshape(v, b, *eps.shape[1:])
+        else:
+            eps_u, eps_c = None, eps.reshape(v, b, *eps.shape[1:])
         u, c, w = self.combine(eps_u, eps_c, self.step)
         if w is not None:
             self.weights.append(w.detach().float().cpu())

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from composer import convert
+from composer.cache import DEFAULT_CACHE_BYTES, ByteLru
 
 _A1111_LORA = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?(?::[^>]*)?>")
 
@@ -165,13 +166,18 @@ class LoraLoader:
         pipe: a diffusers pipeline with ``load_lora_weights`` (SD 1.x/2.x, SDXL).
         registry: a zero-argument callable returning a ``registry.api.Registry``; only called for
             tokens that are not existing files.
+        max_bytes: bound on the bytes of the LoRA weights kept installed on the pipeline; beyond
+            it the least recently used adapters are deleted (None: unbounded). ``reads`` counts
+            the files actually read, so tests and benchmarks can see the cache work.
     """
 
-    def __init__(self, pipe, registry: Callable[[], Any] | None = None):
+    def __init__(self, pipe, registry: Callable[[], Any] | None = None, max_bytes: int | None = DEFAULT_CACHE_BYTES):
         self.pipe = pipe
         self._registry_factory = registry
         self._by_path: dict[str, LoadedLora] = {}
         self._count = 0
+        self.lru = ByteLru(max_bytes)
+        self.reads = 0
 
     def _registry(self):
         if self._registry_factory is None:
@@ -198,6 +204,7 @@ class LoraLoader:
 
         if not path.endswith(".safetensors"):
             raise LoraError(f"{path}: only .safetensors LoRA files are loaded (pickled .ckpt/.pt files are refused)")
+        self.reads += 1
         try:
             with safe_open(path, framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
@@ -227,10 +234,13 @@ class LoraLoader:
             raise LoraError(f"{name} is a {family} LoRA; the pipeline is {want}: refused before denoising")
         return fmt, family
 
-    def load(self, ref: LoraRef) -> LoadedLora:
+    def load(self, ref: LoraRef, pinned: set[str] | None = None) -> LoadedLora:
+        """Resolve and install one LoRA (from the cache when it is there), then trim the cache,
+        keeping this LoRA and ``pinned`` (real paths of the other LoRAs of the same job)."""
         path, name, reg_id, triggers = self.resolve(ref)
         key = os.path.realpath(path)
         cached = self._by_path.get(key)
+        nbytes = None
         if cached is None:
             sd, metadata = self.read(path)
             fmt, family = self.check(path, sd, metadata)
@@ -249,9 +259,27 @@ class LoraLoader:
             sha, autov3 = file_hashes(path)
             cached = LoadedLora(adapter, name, path, 1.0, fmt, family, sha, autov3, reg_id, triggers, has_te)
             self._by_path[key] = cached
+            nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+        self.lru.touch(key, nbytes)
+        self._evict((pinned or set()) | {key})
         return LoadedLora(**{**cached.__dict__, "weight": ref.weight, "name": name, "registry_id": reg_id,
                              "trigger_words": triggers})
 
     def load_all(self, refs: list[LoraRef]) -> list[LoadedLora]:
         """Load every ref (checking all of them before the caller denoises anything)."""
-        return [self.load(r) for r in refs]
+        pinned: set[str] = set()
+        out = []
+        for r in refs:
+            out.append(self.load(r, pinned))
+            pinned.add(os.path.realpath(out[-1].path))
+        return out
+
+    def is_cached(self, path: str) -> bool:
+        return os.path.realpath(path) in self._by_path
+
+    def _evict(self, pinned: set[str]) -> None:
+        """Delete the adapters the byte budget no longer holds (least recently used first)."""
+        for key in self.lru.evictions(pinned):
+            gone = self._by_path.pop(key, None)
+            if gone is not None:
+                self.pipe.delete_adapters(gone.adapter)

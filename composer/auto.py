@@ -1,0 +1,296 @@
+"""Retrieve, probe, prune, compose: a composer that picks its own LoRAs for a prompt.
+
+    from composer.auto import AutoComposer
+    from registry.api import Registry
+    ac = AutoComposer.from_pretrained("./sd15", Registry.open("sqlite:///loras.db"))
+    r = ac.compose("a kiki on the left, checkerboard background", k=2, seed=1)
+    r.save("out.png"); print(r.report["selection"]["survivors"])
+    r = ac.compose("a kiki on the left", pool=["kiki", "stripes.safetensors", "42"])   # no retrieval
+
+1. retrieve: the registry's top K (16) entries of the pipeline's family with a file
+   (composer.retrieve); or the user's ``pool``.
+2. probe: the first P (3) denoising steps with all candidates, dynamic LoRAtorio, batched
+   (composer.probe), scored by their divergence from the base (composer.relevance).
+3. prune: the combined score (probe x retrieval, geometric) keeps at most k, above a relative
+   threshold; every dropped candidate gets its reason.
+4. compose: the full composition (LoRAtorio by default) of the survivors from the same seed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from composer.api import METHODS, Composer, Job, LoratorioParams, Result
+from composer.cache import DEFAULT_CACHE_BYTES
+from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras
+from composer.probe import ProbeRun, run_probe
+from composer.relevance import combine_scores, prune
+from composer.retrieve import Candidate, SelectionError, registry_family, resolve_pool, retrieve
+
+DEFAULT_CANDIDATES = 16  # K
+DEFAULT_PROBE_STEPS = 3  # P
+DEFAULT_KEEP = 4  # k (k_max)
+DEFAULT_THRESHOLD = 0.5  # relative to the best combined score
+DEFAULT_RETRIEVAL_WEIGHT = 0.5
+
+
+@dataclass
+class Selection:
+    """What retrieve + probe + prune decided: every candidate with its scores and fate."""
+
+    prompt: str
+    mode: str  # "retrieval" | "pool"
+    candidates: list[Candidate]
+    survivors: list[Candidate]
+    retrieval: dict[str, Any] | None
+    probe: ProbeRun | None
+    k: int
+    threshold: float
+    retrieval_weight: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "k": self.k, "threshold": self.threshold, "retrieval_weight": self.retrieval_weight,
+            "retrieval": self.retrieval, "probe": None if self.probe is None else self.probe.report(),
+            "candidates": [c.report() for c in self.candidates],
+            "survivors": [c.name for c in self.survivors],
+            "dropped": [{"name": c.name, "registry_id": c.registry_id, "reason": c.reason} for c in self.candidates if not c.kept],
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def parameters(self) -> str:
+        """A1111-style settings: ``Candidates: "..."`` (name r=retrieval p=probe c=combined, kept or not)."""
+        def fmt(c: Candidate) -> str:
+            bits = [c.name]
+            if c.retrieval_score is not None:
+                bits.append(f"r={c.retrieval_score:.3f}")
+            if c.probe is not None:
+                bits.append(f"p={c.probe['score']:.4f}")
+            if c.combined is not None:
+                bits.append(f"c={c.combined:.3f}")
+            bits.append("kept" if c.kept else "dropped")
+            return " ".join(bits).replace('"', "'").replace(",", ";")
+
+        probe = self.probe
+        return ", ".join([
+            f"LoRA selection: {self.mode}",
+            f'Selection: "K={len(self.candidates)}, k={self.k}, threshold={self.threshold:g}, retrieval weight={self.retrieval_weight:g}, '
+            f'probe steps={probe.steps if probe else 0}, probe top-k={probe.top_k if probe else None}, '
+            f'probe UNet samples={probe.unet_samples if probe else 0}"',
+            'Candidates: "' + "; ".join(fmt(c) for c in self.candidates) + '"',
+        ])
+
+
+@dataclass
+class AutoResult(Result):
+    """A composition :class:`Result` plus the :class:`Selection` that chose its LoRAs."""
+
+    selection: Selection | None = None
+
+    def save(self, path: str) -> None:
+        """PNG with ``parameters`` (A1111) and ``loraregistry`` (the full JSON report) text chunks."""
+        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+
+        info = PngInfo()
+        info.add_text("parameters", self.parameters)
+        info.add_text("loraregistry", json.dumps(self.report, default=str))
+        self.image.save(path, pnginfo=info)
+
+
+class AutoComposer:
+    """A :class:`composer.api.Composer` plus a registry: ``compose(prompt)`` picks the LoRAs.
+
+    Args:
+        composer: a warm Composer (its LoRA cache is shared: a second compose with overlapping
+            candidates reads none of them again).
+        registry: a ``registry.api.Registry`` (None: pools of files only).
+    """
+
+    def __init__(self, composer: Composer, registry=None) -> None:
+        self.composer = composer
+        self.registry = registry
+        self.family = registry_family(composer.pipe)
+
+    @classmethod
+    def from_pipeline(cls, pipe, registry=None, cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "AutoComposer":
+        return cls(Composer(pipe, (lambda: registry) if registry is not None else None, cache_bytes=cache_bytes), registry)
+
+    @classmethod
+    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32,
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "AutoComposer":
+        factory = (lambda: registry) if registry is not None else None
+        return cls(Composer.from_pretrained(model, factory, device, dtype, cache_bytes), registry)
+
+    @property
+    def reads(self) -> int:
+        """LoRA files read from disk so far (the cache's effect shows here)."""
+        return self.composer.loader.reads
+
+    # ------------------------------------------------------------------ 1. retrieve
+    def retrieve(self, prompt: str, candidates: int = DEFAULT_CANDIDATES) -> list[Candidate]:
+        """The registry's best ``candidates`` entries for ``prompt`` that this pipeline can load."""
+        return self._retrieve(prompt, candidates)[0]
+
+    def _retrieve(self, prompt: str, candidates: int) -> tuple[list[Candidate], dict[str, Any]]:
+        if self.registry is None:
+            raise SelectionError("no registry: give a pool of LoRA files, or build the composer with a registry")
+        return retrieve(self.registry, prompt, self.family, candidates)
+
+    # ------------------------------------------------------------------ 2. probe
+    def _load(self, cands: list[Candidate], strict: bool) -> list[tuple[Candidate, LoadedLora]]:
+        """Install every candidate (cached ones are not read again). A retrieved candidate that
+        does not fit is dropped with the reason; a pool item that does not fit is an error."""
+        loader = self.composer.loader
+        loaded, pinned, errors = [], set(), []
+        for c in cands:
+            try:
+                a = loader.load(c.ref(), pinned)
+            except (LoraError, OSError) as exc:
+                if strict:
+                    errors.append(f"{c.name}: {exc}")
+                c.kept, c.reason = False, f"cannot be loaded: {exc}"
+                continue
+            pinned.add(os.path.realpath(a.path))
+            loaded.append((c, a))
+        if errors:
+            raise SelectionError("pool LoRAs that do not fit this pipeline: " + "; ".join(errors))
+        if not loaded:
+            raise SelectionError(f"none of the {len(cands)} candidates can be loaded on this {self.family} pipeline")
+        return loaded
+
+    def probe(self, prompt: str, pool: Sequence[str | LoraRef | Candidate] | None = None, *,
+              candidates: int = DEFAULT_CANDIDATES, probe_steps: int = DEFAULT_PROBE_STEPS, steps: int = 20,
+              seed: int = 0, top_k: int | None = DEFAULT_KEEP, cfg: float = 7.5, width: int | None = None,
+              height: int | None = None, negative_prompt: str = "", params: LoratorioParams | None = None,
+              retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT) -> list[Candidate]:
+        """Probe scores (``c.probe``: far, coverage, score) and ``c.combined`` for each candidate:
+        ``pool`` items, or the registry's top ``candidates``. Best first; nothing is pruned."""
+        prompt = self._clean_prompt(prompt)
+        cands = self._candidates(prompt, pool, candidates)[0]
+        loaded = self._load(cands, strict=pool is not None)
+        run = self._probe(prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative_prompt,
+                          params or LoratorioParams(), retrieval_weight)
+        scored = [c for c, _ in loaded]
+        return sorted(scored, key=lambda c: -(c.combined or 0.0)) + [c for c in cands if c not in scored]
+
+    def _candidates(self, prompt, pool, candidates) -> tuple[list[Candidate], dict[str, Any] | None]:
+        if pool is None:
+            return self._retrieve(prompt, candidates)
+        items = list(pool)
+        if items and all(isinstance(x, Candidate) for x in items):
+            return items, None
+        return resolve_pool(self.registry, items, self.family), None
+
+    def _probe(self, prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative, params,
+               retrieval_weight) -> ProbeRun:
+        run = run_probe(self.composer, prompt, [a for _, a in loaded], probe_steps=probe_steps, steps=steps, seed=seed,
+                        cfg=cfg, width=width, height=height, negative_prompt=negative, p=params.p, tau=params.tau,
+                        top_k=top_k)
+        cands = [c for c, _ in loaded]
+        retrieval = None
+        if all(c.retrieval_score is not None for c in cands):
+            retrieval = torch.tensor([c.retrieval_score for c in cands], dtype=torch.float32)
+        combined = combine_scores(run.scores.score, retrieval, retrieval_weight)
+        for i, c in enumerate(cands):
+            c.probe = {"far": float(run.scores.far[i]), "coverage": float(run.scores.coverage[i]),
+                       "score": float(run.scores.score[i])}
+            c.combined = float(combined[i])
+        return run
+
+    # ------------------------------------------------------------------ 3. prune
+    def select(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, k: int | None = None,
+               candidates: int = DEFAULT_CANDIDATES, probe_steps: int = DEFAULT_PROBE_STEPS, steps: int = 20,
+               seed: int = 0, threshold: float = DEFAULT_THRESHOLD, retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT,
+               probe_top_k: int | None = None, cfg: float = 7.5, width: int | None = None, height: int | None = None,
+               negative_prompt: str = "", params: LoratorioParams | None = None) -> Selection:
+        """Retrieve (or take ``pool``), probe and prune; the survivors and a reason for each drop."""
+        t0 = time.perf_counter()
+        prompt = self._clean_prompt(prompt)
+        if not 0.0 <= threshold <= 1.0:
+            raise SelectionError(f"threshold must be in [0, 1], got {threshold}")
+        if not 0.0 <= retrieval_weight <= 1.0:
+            raise SelectionError(f"retrieval weight must be in [0, 1], got {retrieval_weight}")
+        if not 1 <= probe_steps <= steps:
+            raise SelectionError(f"probe steps must be between 1 and the {steps} denoising steps, got {probe_steps}")
+        if k is not None and k < 1:
+            raise SelectionError(f"k must be >= 1, got {k}")
+        if pool is not None:
+            pool = list(pool)
+            if k is not None and k > len(pool):
+                raise SelectionError(f"k={k} is larger than the pool of {len(pool)} LoRAs")
+        elif k is not None and k > candidates:
+            raise SelectionError(f"k={k} is larger than the {candidates} candidates retrieved")
+        cands, retrieval = self._candidates(prompt, pool, candidates)
+        k = k if k is not None else min(DEFAULT_KEEP, len(cands))
+        t1 = time.perf_counter()
+        loaded = self._load(cands, strict=pool is not None)
+        t2 = time.perf_counter()
+        run = None
+        if len(loaded) == 1:
+            loaded[0][0].kept, loaded[0][0].reason = True, "the only loadable candidate: nothing to choose, no probe"
+            survivors = [loaded[0][0]]
+        else:
+            top_k = probe_top_k if probe_top_k is not None else min(k, len(loaded))
+            run = self._probe(prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative_prompt,
+                              params or LoratorioParams(), retrieval_weight)
+            scored = [c for c, _ in loaded]
+            keep, dropped = prune(torch.tensor([c.combined for c in scored]), k, threshold)
+            for i, c in enumerate(scored):
+                c.kept = i in keep
+                c.reason = dropped.get(i) or f"kept: combined score {c.combined:.3f}, rank {keep.index(i) + 1}"
+            survivors = [scored[i] for i in keep]
+        t3 = time.perf_counter()
+        timings = {"retrieve" if pool is None else "resolve": t1 - t0, "load": t2 - t1, "probe": t3 - t2}
+        return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, k,
+                         threshold, retrieval_weight, timings)
+
+    # ------------------------------------------------------------------ 4. compose
+    def compose(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, k: int | None = None,
+                probe_steps: int = DEFAULT_PROBE_STEPS, method: str = "loratorio", seed: int = 0,
+                candidates: int = DEFAULT_CANDIDATES, threshold: float = DEFAULT_THRESHOLD,
+                retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT, probe_top_k: int | None = None, steps: int = 20,
+                cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
+                params: LoratorioParams | None = None, name: str | None = None, progress=None) -> AutoResult:
+        """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``."""
+        if method not in METHODS or method == "base":
+            raise SelectionError(f"method must be one of {', '.join(m for m in METHODS if m != 'base')}, got {method!r}")
+        t0 = time.perf_counter()
+        params = params or LoratorioParams()
+        sel = self.select(prompt, pool, k=k, candidates=candidates, probe_steps=probe_steps, steps=steps, seed=seed,
+                          threshold=threshold, retrieval_weight=retrieval_weight, probe_top_k=probe_top_k, cfg=cfg,
+                          width=width, height=height, negative_prompt=negative_prompt, params=params)
+        job = Job(sel.prompt, loras=[c.ref() for c in sel.survivors], method=method, seed=seed, steps=steps, cfg=cfg,
+                  width=width, height=height, negative_prompt=negative_prompt, params=params, name=name)
+        t1 = time.perf_counter()
+        result = self.composer.run(job, progress=progress)
+        sel.timings["compose"] = time.perf_counter() - t1
+        sel.timings["total"] = time.perf_counter() - t0
+        report = dict(result.report)
+        sel_report = sel.report()
+        if result.weights:  # each survivor's mean LoRAtorio patch weight over the steps
+            mean_w = torch.stack(result.weights).mean(dim=(0, 2, 3))
+            sel_report["mean_patch_weights"] = {n: round(float(w), 4) for n, w in zip(result.lora_names, mean_w)}
+        report["selection"] = sel_report
+        probe_calls = sel.probe.unet_calls if sel.probe else 0
+        probe_samples = sel.probe.unet_samples if sel.probe else 0
+        report["unet_calls_total"] = probe_calls + result.report["unet_calls"]
+        report["unet_samples_total"] = probe_samples + result.report["unet_samples"]
+        report["seconds"] = round(sel.timings["total"], 3)
+        params_text = result.parameters + ", " + sel.parameters()
+        return AutoResult(result.image, params_text, report, result.weights, result.lora_names, selection=sel)
+
+    @staticmethod
+    def _clean_prompt(prompt: str) -> str:
+        if not prompt or not prompt.strip():
+            raise SelectionError("the prompt is empty")
+        clean, tagged = extract_prompt_loras(prompt)
+        if tagged:
+            raise SelectionError("the prompt names LoRAs with <lora:...> tags: pass them as pool=[...] "
+                                 "(to choose among them) or use Composer.run (to use them all)")
+        return clean

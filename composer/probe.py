@@ -1,0 +1,104 @@
+"""The probe: the first P denoising steps with all K candidates, in batched UNet calls.
+
+It runs the stock pipeline with :class:`composer.denoiser.MultiLoraDenoiser` in LoRAtorio's
+dynamic setting (per-patch top-k over the candidates), so the latents it advances are those of a
+real LoRAtorio composition of the K candidates, and records each step's patch similarities for
+:func:`composer.relevance.probe_scores`. Two savings over a full LoRAtorio step:
+
+* guidance uses the base model's unconditional prediction alone (LoRAtorio with lambda = 1), so a
+  step costs K + 2 UNet samples instead of 2(K + 1); the score only reads conditional predictions;
+* after step P the pipeline is interrupted (``pipe._interrupt``, diffusers' own early stop) and
+  returns latents, so nothing further is denoised or decoded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from composer import math as cm
+from composer.denoiser import BASE, MultiLoraDenoiser, installed
+from composer.loras import LoadedLora
+from composer.relevance import ProbeScores, probe_scores
+
+
+@dataclass
+class ProbeCombine:
+    """Dynamic LoRAtorio with lambda = 1 that keeps each step's similarities ``(N, B, Hp, Wp)``."""
+
+    p: int
+    tau: float
+    k: int | None
+    similarities: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, eps_u, eps_c, step):
+        if eps_c.shape[0] < 2:
+            raise ValueError("the probe needs the base branch and at least one candidate branch")
+        sim = cm.patch_cosine_similarity(eps_c[1:], eps_c[0], self.p)
+        omega = cm.softmin_weights(sim, self.tau, cm.topk_divergence_mask(sim, self.k))
+        pix = cm.patch_weights_to_pixels(omega, self.p, *eps_c.shape[-2:]).to(eps_c.dtype)
+        self.similarities.append(sim.detach().float().cpu())
+        return (None if eps_u is None else eps_u[0]), cm.weighted_sum(eps_c[1:], pix), omega
+
+
+@dataclass
+class ProbeRun:
+    similarity: torch.Tensor  # (P, N, B, Hp, Wp)
+    scores: ProbeScores
+    steps: int
+    top_k: int | None
+    unet_calls: int
+    unet_samples: int
+    seconds: float
+
+    def report(self) -> dict[str, Any]:
+        return {"steps": self.steps, "top_k": self.top_k, "unet_calls": self.unet_calls,
+                "unet_samples": self.unet_samples, "seconds": round(self.seconds, 3)}
+
+
+class _StopAfter:
+    """``callback_on_step_end`` that interrupts the pipeline once ``n`` steps are done."""
+
+    tensor_inputs: list[str] = []
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        if step_index + 1 >= self.n:
+            pipe._interrupt = True
+        return callback_kwargs
+
+
+def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: int, steps: int, seed: int,
+              cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
+              p: int = 2, tau: float = 0.05, top_k: int | None = None) -> ProbeRun:
+    """Run the first ``probe_steps`` of ``steps`` (same schedule and seed as the composition)
+    with every LoRA of ``loras`` and score each one (``composer`` is a ``composer.api.Composer``)."""
+    if not loras:
+        raise ValueError("the probe needs at least one candidate LoRA")
+    if not 1 <= probe_steps <= steps:
+        raise ValueError(f"probe steps must be between 1 and the {steps} denoising steps, got {probe_steps}")
+    t0 = time.perf_counter()
+    pipe = composer.pipe
+    branches = [composer._branch(BASE, prompt, negative_prompt, None)]
+    branches += [composer._branch(a.adapter, prompt, negative_prompt, [a]) for a in loras]
+    pipe.enable_lora()
+    pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
+    combine = ProbeCombine(p, tau, top_k)
+    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1)
+    first = branches[0]
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=steps,
+        guidance_scale=cfg, height=height, width=width, output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=_StopAfter(probe_steps),
+    )
+    if composer.is_sdxl:
+        kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
+    with torch.inference_mode(), installed(pipe, denoiser):
+        pipe(**kwargs)
+    sim = torch.stack(combine.similarities)
+    return ProbeRun(sim, probe_scores(sim, top_k), probe_steps, top_k, denoiser.unet_calls, denoiser.unet_samples,
+                    time.perf_counter() - t0)

@@ -1,0 +1,129 @@
+"""Which LoRAs matter for a prompt: probe scores, their combination with retrieval, pruning.
+
+Pure tensor functions (torch only). The idea is LoRAtorio's own observation (arXiv:2508.11624,
+https://arxiv.org/abs/2508.11624, Sec. 3): a LoRA conditioned on a prompt outside its domain
+predicts almost what the base model predicts, so the cosine similarity ``s_ij`` between LoRA i's
+conditional noise prediction and the base's on patch j is close to 1; a LoRA that the prompt
+calls on diverges, strongly (``1 - s_ij`` large) or over many patches. The probe records
+``s_ij`` for the first P denoising steps and scores each candidate by
+
+    d_ij      = 1 - s_ij                                   divergence on patch j
+    m_ij      = [i among the k most divergent on patch j]   LoRAtorio's dynamic top-k (coverage)
+    far_i     = mean_j d_ij                                 how far
+    coverage_i= mean_j m_ij                                 over how many patches
+    probe_i   = mean_j d_ij * m_ij                          divergence mass of the patches it wins
+
+``probe_i`` is what the composition would actually draw from LoRA i at those steps (top-k keeps
+only winners), and it is 0 for an identity LoRA whatever the others do.
+
+Shapes: similarities are ``(N, B, Hp, Wp)`` per step (N candidates), or ``(P, N, B, Hp, Wp)``
+for P steps; scores are ``(N,)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from composer.math import topk_divergence_mask
+
+__all__ = ["ProbeScores", "probe_scores", "relative", "combine_scores", "prune"]
+
+
+@dataclass
+class ProbeScores:
+    """Per-candidate ``(N,)`` tensors, averaged over the probe's steps and the batch."""
+
+    far: torch.Tensor
+    coverage: torch.Tensor
+    score: torch.Tensor
+
+
+def probe_scores(similarity: torch.Tensor, k: int | None) -> ProbeScores:
+    """Intrinsic relevance of N candidates from their patch similarities to the base model.
+
+    Args:
+        similarity: ``(P, N, B, Hp, Wp)`` cosine similarities ``s_ij`` of P probe steps
+            (``composer.math.patch_cosine_similarity`` of each step), or one step ``(N, B, Hp, Wp)``.
+        k: the dynamic top-k of the probe (None or >= N: every candidate covers every patch,
+            and the score is the mean divergence).
+
+    Returns:
+        ProbeScores with ``far``, ``coverage`` and ``score = mean(d * m)``, each ``(N,)``.
+    """
+    if similarity.ndim == 4:
+        similarity = similarity.unsqueeze(0)
+    if similarity.ndim != 5:
+        raise ValueError(f"expected similarities (P, N, B, Hp, Wp) or (N, B, Hp, Wp), got {tuple(similarity.shape)}")
+    d = 1.0 - similarity.float()
+    # The top-k is per step and per patch, over the candidates (dim 1 here, dim 0 of each step).
+    m = torch.stack([topk_divergence_mask(s, k) for s in similarity]).float()
+    dims = (0, 2, 3, 4)
+    return ProbeScores(far=d.mean(dims), coverage=m.mean(dims), score=(d * m).mean(dims))
+
+
+def relative(x: torch.Tensor) -> torch.Tensor:
+    """``x / max(x)``, clamped to [0, 1]: each score as a fraction of the best candidate's.
+
+    A ratio (not min-max) keeps 0 meaning "no signal": an identity LoRA stays at 0 instead of
+    being stretched up when every candidate is weak. All-zero (or negative) input gives zeros.
+    """
+    top = x.max() if x.numel() else torch.tensor(0.0)
+    if top <= 0:
+        return torch.zeros_like(x, dtype=torch.float32)
+    return (x.float() / top).clamp(0.0, 1.0)
+
+
+def combine_scores(probe: torch.Tensor, retrieval: torch.Tensor | None, retrieval_weight: float) -> torch.Tensor:
+    """Weighted geometric mean of the relative probe and retrieval scores, each ``(N,)``.
+
+    ``combined = relative(probe)^(1 - w) * relative(retrieval)^w``. Geometric, not arithmetic,
+    because the two answer different questions (does the prompt ask for it? does it act on this
+    prompt?) and a keeper needs both: with a sum, a LoRA that distorts every image (large
+    divergence) but that the prompt never names would still pass, and so would a well-named LoRA
+    that the probe shows to be inert. ``w = 0`` is the probe alone, ``w = 1`` retrieval alone;
+    ``retrieval=None`` (a user-given pool) is the probe alone.
+    """
+    if not 0.0 <= retrieval_weight <= 1.0:
+        raise ValueError(f"retrieval weight must be in [0, 1], got {retrieval_weight}")
+    p = relative(probe)
+    if retrieval is None:
+        return p
+    if retrieval.shape != probe.shape:
+        raise ValueError(f"retrieval scores {tuple(retrieval.shape)} do not match probe scores {tuple(probe.shape)}")
+    r = relative(retrieval)
+    return p.pow(1.0 - retrieval_weight) * r.pow(retrieval_weight)
+
+
+def prune(scores: torch.Tensor, k: int, threshold: float = 0.0) -> tuple[list[int], dict[int, str]]:
+    """Survivors: the best ``k`` candidates whose score is at least ``threshold * best``.
+
+    The best candidate always survives (a request asks for an image with some LoRA). Ties go to
+    the lower index, so the result is deterministic.
+
+    Args:
+        scores: ``(N,)`` combined scores.
+        k: most survivors (k_max), >= 1.
+        threshold: relative cut in [0, 1]; 0 keeps exactly ``min(k, N)``.
+
+    Returns:
+        (indices of survivors, best first; {dropped index: reason}).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    n = scores.shape[0]
+    order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    best = float(scores[order[0]]) if n else 0.0
+    keep: list[int] = []
+    dropped: dict[int, str] = {}
+    for rank, i in enumerate(order, 1):
+        s = float(scores[i])
+        if rank > 1 and s < threshold * best:
+            dropped[i] = f"score {s:.3f} below threshold {threshold:g} x best {best:.3f}"
+        elif len(keep) >= k:
+            dropped[i] = f"rank {rank} of {n}: only the best {k} are kept"
+        else:
+            keep.append(i)
+    return keep, dropped

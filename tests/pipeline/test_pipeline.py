@@ -1,0 +1,157 @@
+"""Retrieve -> probe -> prune -> compose on the tiny SD1 pipeline and a registry of generated LoRAs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from composer.relevance import combine_scores, probe_scores, prune, relative
+from composer.retrieve import SelectionError
+
+FAST = dict(steps=4, probe_steps=2, width=32, height=32)
+
+
+# ---------------------------------------------------------------- maths, hand-worked
+def test_probe_scores_far_coverage_mass():
+    # 2 candidates, 1 step, 1 image, 1x2 patches: A diverges on patch 0 (s=0), B is the identity (s=1).
+    sim = torch.tensor([[[[0.0, 1.0]]], [[[1.0, 1.0]]]])
+    s = probe_scores(sim, k=1)
+    assert s.far.tolist() == [0.5, 0.0]
+    assert s.coverage.tolist() == [1.0, 0.0]  # ties on patch 1 go to the lower index
+    assert s.score.tolist() == [0.5, 0.0]
+    assert probe_scores(sim, k=None).coverage.tolist() == [1.0, 1.0]
+
+
+def test_combine_is_geometric_and_pool_is_probe_only():
+    probe, retr = torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.2, 0.8, 0.8])
+    c = combine_scores(probe, retr, 0.5)
+    assert torch.allclose(c, torch.tensor([(1 * 0.25) ** 0.5, (0.5 * 1.0) ** 0.5, 0.0]))
+    assert torch.equal(combine_scores(probe, None, 0.5), relative(probe))
+    with pytest.raises(ValueError, match="retrieval weight"):
+        combine_scores(probe, retr, 1.5)
+
+
+def test_prune_top_k_threshold_and_reasons():
+    keep, dropped = prune(torch.tensor([0.1, 1.0, 0.6, 0.9]), k=2, threshold=0.5)
+    assert keep == [1, 3]
+    assert "rank 3 of 4" in dropped[2] and "below threshold" in dropped[0]
+    assert prune(torch.tensor([0.0, 0.0]), k=1)[0] == [0]  # the best always survives
+
+
+# ---------------------------------------------------------------- retrieval
+def test_retrieve_keeps_family_and_files(auto, dump):
+    cands = auto.retrieve("a kiki on the left, checkerboard background", candidates=16)
+    names = [c.name for c in cands]
+    assert names[:2] in (["Kiki LoRA", "Checkerboard LoRA"], ["Checkerboard LoRA", "Kiki LoRA"])
+    assert "Kiki Castle SD15" not in names  # sd1 (width 768) is not the tiny pipeline's family
+    assert all(c.base_family == auto.family == "other" and c.retrieval_score is not None for c in cands)
+
+
+# ---------------------------------------------------------------- probe, prune, compose
+def test_probe_ranks_active_lora_above_identity(auto, dump):
+    ranked = auto.probe("a kiki on the left", pool=[dump["inert"], dump["kiki"]], steps=4, probe_steps=2,
+                        width=32, height=32, top_k=1)
+    by = {c.name: c for c in ranked}
+    assert ranked[0].name == "kiki"
+    assert by["kiki"].probe["far"] > 100 * by["inert"].probe["far"]
+    assert by["kiki"].probe["score"] > by["inert"].probe["score"] and by["inert"].combined < 0.05
+
+
+def test_compose_from_registry_report_and_png(auto, tmp_path):
+    r = auto.compose("a kiki on the left, checkerboard background, stripes, inert", k=2, threshold=0.0, seed=3, **FAST)
+    rep = r.report
+    sel = rep["selection"]
+    assert sel["mode"] == "retrieval" and len(sel["survivors"]) == 2
+    assert len(sel["candidates"]) == 4  # all four named; the search finds only what the prompt names
+    for c in sel["candidates"]:  # every decision, with its numbers and reason
+        assert c["retrieval_score"] is not None and c["probe"] is not None and c["combined"] is not None
+        assert c["reason"] and c["kept"] == (c["name"] in sel["survivors"])
+    assert {d["name"] for d in sel["dropped"]} == {c["name"] for c in sel["candidates"]} - set(sel["survivors"])
+    assert "Inert LoRA" not in sel["survivors"]
+    assert [x["name"] for x in rep["loras"]] == sel["survivors"]
+    assert sel["probe"]["steps"] == 2 and sel["probe"]["unet_calls"] == 2
+    assert sel["probe"]["unet_samples"] == 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
+    assert rep["unet_samples"] == 4 * 2 * 3  # compose: 4 steps x 2 halves x (base + 2)
+    assert rep["unet_samples_total"] == 12 + 24
+    assert set(sel["seconds"]) >= {"retrieve", "load", "probe", "compose", "total"}
+    assert set(sel["mean_patch_weights"]) == set(sel["survivors"])
+    path = tmp_path / "auto.png"
+    r.save(str(path))
+    text = Image.open(path).text
+    assert "LoRA selection: retrieval" in text["parameters"] and 'Candidates: "' in text["parameters"]
+    assert all(f"<lora:{n}:1>" in text["parameters"] for n in sel["survivors"])
+    assert json.loads(text["loraregistry"])["selection"]["survivors"] == sel["survivors"]
+
+
+def test_pruning_keeps_at_most_k(auto):
+    for k in (1, 3):
+        sel = auto.select("a kiki on the left, checkerboard background, stripes", k=k, threshold=0.0, seed=0,
+                          steps=4, probe_steps=1, width=32, height=32)
+        assert len(sel.survivors) == k and sum(c.kept for c in sel.candidates) == k
+
+
+def test_pool_bypasses_retrieval(auto, dump, monkeypatch):
+    def no_search(*a, **kw):
+        raise AssertionError("pool must not search the registry")
+
+    monkeypatch.setattr(auto.registry, "search", no_search)
+    sel = auto.select("anything at all", pool=[dump["stripes"], "kiki", dump["inert"]], k=2, threshold=0.0,
+                      steps=4, probe_steps=1, width=32, height=32)
+    assert sel.mode == "pool" and sel.retrieval is None
+    assert {c.name for c in sel.candidates} == {"stripes", "Kiki LoRA", "inert"}
+    assert all(c.retrieval_score is None for c in sel.candidates) and len(sel.survivors) == 2
+
+
+def test_cache_avoids_second_read(sd1_dir, registry, dump):
+    from composer.auto import AutoComposer
+
+    ac = AutoComposer.from_pretrained(sd1_dir, registry, device="cpu")
+    ac.compose("x", pool=[dump["kiki"], dump["stripes"]], k=2, **FAST)
+    assert ac.reads == 2
+    ac.compose("y", pool=[dump["stripes"], dump["checkerboard"]], k=2, **FAST)
+    assert ac.reads == 3  # stripes came from the cache
+    # A budget of about one LoRA: the least recently used adapters go, and are read again.
+    one = ac.composer.loader.lru.total_bytes // 3 + 1
+    ac.composer.loader.lru.max_bytes = one
+    ac.compose("z", pool=[dump["checkerboard"]], k=1, **FAST)
+    assert ac.reads == 3 and ac.composer.loader.lru.keys() == [ac.composer.loader.lru.keys()[-1]]
+    assert len(ac.composer.loader.lru) == 1
+    ac.compose("w", pool=[dump["kiki"]], k=1, **FAST)
+    assert ac.reads == 4  # evicted earlier: read again
+    assert set(ac.composer.pipe.unet.peft_config) == {a.adapter for a in ac.composer.loader._by_path.values()}
+
+
+# ---------------------------------------------------------------- bad requests fail early
+def test_bad_requests(auto, dump, sd1_dir, tmp_path):
+    from composer.auto import AutoComposer
+    from registry.api import Registry
+
+    reads = auto.reads
+    with pytest.raises(SelectionError, match="larger than the pool of 2"):
+        auto.compose("a kiki", pool=[dump["kiki"], dump["stripes"]], k=3, **FAST)
+    with pytest.raises(SelectionError, match="no-such-lora"):
+        auto.compose("a kiki", pool=["no-such-lora", "9999", dump["kiki"]], **FAST)
+    with pytest.raises(SelectionError, match="larger than the 2 candidates"):
+        auto.compose("a kiki", candidates=2, k=3, **FAST)
+    with pytest.raises(SelectionError, match="a sd1 LoRA; the pipeline.s family is other"):
+        auto.compose("a kiki", pool=[dump["sd15"], dump["kiki"]], **FAST)
+    with pytest.raises(SelectionError, match="<lora:"):
+        auto.compose("a kiki <lora:kiki:1>", **FAST)
+    with pytest.raises(SelectionError, match="probe steps"):
+        auto.compose("a kiki", steps=2, probe_steps=3)
+    assert auto.reads == reads  # none of them read a LoRA: all refused before loading
+    empty = AutoComposer(auto.composer, Registry.open(f"sqlite:///{tmp_path / 'empty.db'}"))
+    with pytest.raises(SelectionError, match="is empty"):
+        empty.compose("a kiki", **FAST)
+    only_sd15 = Registry.open(f"sqlite:///{tmp_path / 'sd15.db'}")
+    d = tmp_path / "d"
+    d.mkdir()
+    import shutil
+
+    shutil.copy(dump["sd15"], d)
+    shutil.copy(dump["sd15"].replace(".safetensors", ".civitai.json"), d)
+    only_sd15.ingest(str(d))
+    with pytest.raises(SelectionError, match="family 'other'.*sd1: 1"):
+        AutoComposer(auto.composer, only_sd15).compose("kiki castle", **FAST)
