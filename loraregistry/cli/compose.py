@@ -64,15 +64,32 @@ def _quiet_libraries() -> None:
 @click.option("--top-k", "k", type=click.IntRange(1), default=None, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--pool", "pool", multiple=True, metavar="ID_OR_FILE[:WEIGHT]",
+              help="Choose the LoRAs among these (probe + prune, no registry search). Repeatable.")
+@click.option("--candidates", "n_candidates", type=click.IntRange(1), default=16, show_default=True,
+              help="Without --lora: how many LoRAs to retrieve from the registry (K).")
+@click.option("--keep", "keep", type=click.IntRange(1), default=None, help="Without --lora: most LoRAs to keep (k; default 4, at most the pool).")
+@click.option("--probe-steps", type=click.IntRange(1), default=3, show_default=True, help="Without --lora: denoising steps of the probe (P).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
+@click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Without --lora: weight of the retrieval score against the probe score (geometric).")
+@click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @json_option
 @pass_cli
 def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
-            weights_map, batch_file, p, tau, lam, k, switch_every, device, as_json):
+            weights_map, batch_file, p, tau, lam, k, switch_every, device, pool, n_candidates, keep, probe_steps,
+            threshold, retrieval_weight, cache_mb, as_json):
     """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
 
     LoRAs come from --lora (file paths or registry ids/names) and from A1111 tags in the prompt.
+    With neither, the registry (--db) picks them: it retrieves --candidates LoRAs for the prompt,
+    probes them for --probe-steps steps, keeps the --keep most relevant and composes those; with
+    --pool the probe chooses among the given LoRAs instead. The JSON report and the PNG say why.
 
     Example: loraregistry compose "a knight <lora:armor:0.8>" --model ./sd15 --lora castle.safetensors --out knight.png
+
+    Example: loraregistry --db loras.db compose "a kiki on the left, checkerboard background" --model ./toy --keep 2
     """
     if batch_file and prompt:
         raise click.UsageError("give either PROMPT or --batch JOBS.jsonl, not both")
@@ -84,7 +101,15 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
         raise click.UsageError("--weights-map is per image; with --batch each job's map goes to DIR/<name>.weights.png")
 
     from composer import Composer, Job, LoratorioParams
-    from composer.loras import parse_lora_token
+    from composer.loras import extract_prompt_loras, parse_lora_token
+
+    if pool and (loras or batch_file):
+        raise click.UsageError("--pool chooses the LoRAs itself: give it without --lora and --batch")
+    auto = not batch_file and method != "base" and (bool(pool) or (not loras and not extract_prompt_loras(prompt)[1]))
+    if auto:
+        return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
+                     LoratorioParams(p=p, tau=tau, lam=lam, k=k), device, pool, n_candidates, keep, probe_steps,
+                     threshold, retrieval_weight, cache_mb, as_json)
 
     _quiet_libraries()
 
@@ -107,7 +132,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
             os.makedirs(out, exist_ok=True)
         else:
             jobs = [Job(prompt, loras=[parse_lora_token(t) for t in loras], params=params, **defaults)]
-        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device)
+        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, cache_bytes=cache_mb << 20)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -150,6 +175,46 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
                    f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
     if batch_file and any("error" in r for r in reports):
         raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
+
+
+def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
+          params, device, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json) -> None:
+    """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
+    from composer import Composer
+    from composer.auto import AutoComposer
+
+    _quiet_libraries()
+    quiet = as_json or not sys.stderr.isatty()
+    try:
+        registry = cli_ctx.registry()
+        ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=device,
+                                                   cache_bytes=cache_mb << 20), registry)
+        with _progress(1, quiet) as bar:
+            task = bar.add_task("compose", total=steps)
+            result = ac.compose(prompt, list(pool) or None, k=keep, probe_steps=probe_steps, method=method, seed=seed,
+                                candidates=n_candidates, threshold=threshold, retrieval_weight=retrieval_weight,
+                                steps=steps, cfg=cfg, width=width, height=height, negative_prompt=negative_prompt,
+                                params=params, progress=lambda done, total: bar.update(task, completed=done))
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    rep = result.report
+    path = out or "compose.png"
+    result.save(path)
+    rep["out"] = path
+    if weights_map:
+        result.weights_map().save(weights_map)
+        rep["weights_map"] = weights_map
+    if as_json:
+        echo_json(rep)
+        return
+    sel = rep["selection"]
+    loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"])
+    click.echo(f"{path}: {rep['method']}, {rep['steps']} steps, seed {seed}, LoRAs {loras_txt} "
+               f"(kept {len(sel['survivors'])} of {len(sel['candidates'])} candidates after a "
+               f"{sel['probe']['steps'] if sel['probe'] else 0}-step probe), {rep['unet_calls_total']} UNet calls, "
+               f"{rep['seconds']:.1f}s")
+    for d in sel["dropped"]:
+        click.echo(f"  dropped {d['name']}: {d['reason']}")
 
 
 COMMANDS = [compose]
