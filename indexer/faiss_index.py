@@ -2,10 +2,14 @@
 
 FAISS ids are registry primary keys (models.id). The index directory holds ``manifest.json`` and the
 index file it names; a new index is written under a new name and the manifest is replaced last with
-os.replace, so a crash or a full disk never leaves a half-written index in use.
+os.replace, so a crash or a full disk never leaves a half-written index in use. Writers in several
+processes sharing a directory take turns on an flock; what a killed writer left behind (temporary
+files, index files no manifest names) is removed by the next one.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -50,15 +54,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _locked(directory: Path):
+    with open(directory / ".lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def save_index(directory: Path, index: faiss.Index, manifest: Manifest) -> Manifest:
+    """Write ``index`` and then its manifest, atomically; raises OSError (the old index stays)."""
     directory.mkdir(parents=True, exist_ok=True)
-    index_file = f"index-{manifest.stamp}-{uuid.uuid4().hex[:8]}.faiss"
-    _write_atomic(directory / index_file, faiss.serialize_index(index).tobytes())
-    manifest = Manifest(**{**asdict(manifest), "index_file": index_file})
-    _write_atomic(directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
-    for old in directory.glob("index-*.faiss"):  # what no manifest points at any more
-        if old.name != index_file:
-            old.unlink(missing_ok=True)
+    with _locked(directory):
+        for stale in directory.glob(".*.tmp"):  # a writer killed mid-write; none runs now
+            stale.unlink(missing_ok=True)
+        index_file = f"index-{manifest.stamp}-{uuid.uuid4().hex[:8]}.faiss"
+        try:
+            _write_atomic(directory / index_file, faiss.serialize_index(index).tobytes())
+            manifest = Manifest(**{**asdict(manifest), "index_file": index_file})
+            _write_atomic(directory / MANIFEST, json.dumps(asdict(manifest), indent=2).encode())
+        except BaseException:
+            (directory / index_file).unlink(missing_ok=True)
+            raise
+        for old in directory.glob("index-*.faiss"):  # what no manifest points at any more
+            if old.name != index_file:
+                old.unlink(missing_ok=True)
     return manifest
 
 

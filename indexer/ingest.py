@@ -110,11 +110,6 @@ def _transient(exc: Exception) -> bool:
     return "database is locked" in text or "database is busy" in text or "deadlock" in text
 
 
-def _display_path(path: str) -> str:
-    """A path that prints and stores: bytes that are not UTF-8 shown as backslash escapes."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _read_json(path: str) -> Any:
     size = os.path.getsize(path)
     if size > MAX_SIDECAR_BYTES:
@@ -288,7 +283,9 @@ class Ingester:
                     except (json.JSONDecodeError, RecursionError) as exc:
                         yield lineno, Problem(where, "failed", f"broken JSON line ({exc.__class__.__name__})")
                     except NotARecord as exc:
-                        yield lineno, Problem(where, "failed", str(exc))
+                        yield lineno, Problem(where, "failed", clean_text(str(exc)))
+                    except Exception as exc:  # a field no parser foresaw: this line fails, not the catalog
+                        yield lineno, Problem(where, "failed", f"cannot be parsed: {exc.__class__.__name__}: {clean_text(str(exc))[:300]}")
                     self.progress(1, where)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 yield lineno, Problem(path, "failed", f"catalog unreadable after line {lineno}: {exc}")
@@ -452,6 +449,9 @@ class Ingester:
         except OSError as exc:
             self._remember(session, scanned, path, "failed", f"unreadable: {exc.strerror}", size, mtime)
             return
+        except Exception as exc:  # a field no parser foresaw
+            self._remember(session, scanned, path, "failed", f"cannot be parsed: {exc.__class__.__name__}: {exc}", size, mtime)
+            return
         if kind == "a1111-card":  # a card with no adapter beside it describes nothing we can find
             self._remember(session, scanned, path, "ignored", "A1111 card without a .safetensors beside it", size, mtime)
             self.report.counts["ignored"] += 1
@@ -472,6 +472,12 @@ class Ingester:
             self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
             return
         known = known_files.get(path)
+        if known is None and session.bind.dialect.name != "sqlite":
+            # Another process may have committed this path since the batch began (PostgreSQL reads
+            # committed rows statement by statement; a SQLite writer holds the lock all along).
+            known = session.scalar(select(LoraFile).where(LoraFile.path == path))
+            if known is not None:
+                known_files[path] = known
         if known is not None and known.size_bytes == size and known.mtime_ns == mtime and known.status == "present" and not self.verify:
             self.report.counts["unchanged"] += 1
             return
@@ -505,6 +511,8 @@ class Ingester:
                 self.report.warn(sidecar, f"not a known sidecar: {exc}")
             except OSError as exc:
                 self.report.add(sidecar, "failed", f"sidecar unreadable: {exc.strerror}")
+            except Exception as exc:  # a field no parser foresaw: the sidecar fails, the file still lands
+                self.report.add(sidecar, "failed", f"sidecar cannot be parsed: {exc.__class__.__name__}: {clean_text(str(exc))[:300]}")
         record = _merge_records(records)
 
         sha256: str | None = None
@@ -562,7 +570,7 @@ class Ingester:
                     version.files.append(row)
                 else:
                     row = self._synthesize(session, header, info, path)
-            if known is None and (other := self._sha_taken(session, sha256, row)):
+            if known is None and (other := self._sha_taken(session, sha256, row, path)):
                 raise _Duplicate(f"same SHA256 as {other}")
             self._fill_file(row, path, size, mtime, sha256, verified, header, info)
             version = row.version
@@ -576,11 +584,15 @@ class Ingester:
             known.status = "missing"
             known_files.pop(known.path, None)
 
-    def _sha_taken(self, session: Session, sha256: str | None, row: LoraFile) -> str | None:
+    def _sha_taken(self, session: Session, sha256: str | None, row: LoraFile, path: str) -> str | None:
+        """Another present file with these bytes. The same path is no duplicate: a concurrent ingest
+        stored it a moment ago, and the unique path makes this batch retry against its row."""
         if not sha256:
             return None
         other = session.scalar(
-            select(LoraFile.path).where(LoraFile.sha256 == sha256, LoraFile.status == "present", LoraFile.id != row.id)
+            select(LoraFile.path).where(
+                LoraFile.sha256 == sha256, LoraFile.status == "present", LoraFile.id != row.id, LoraFile.path != path
+            )
         )
         if other and os.path.exists(other):
             return other

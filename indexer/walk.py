@@ -60,6 +60,12 @@ def _iter_files(root: str, follow_symlinks: bool, result: WalkResult) -> Iterato
             continue
         for entry in entries:
             try:
+                entry.path.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are no UTF-8: no database stores such a path
+                shown = entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                result.problems.append((shown, "failed", "file name is not valid UTF-8 (rename the file)"))
+                continue
+            try:
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if not os.path.exists(target):

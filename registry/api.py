@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from registry import migrate, settings
 from registry.db import Session as SessionFactory
 from registry.db import make_engine, writer_engine
-from registry.errors import Ambiguous, InvalidInput, NotFound, RegistryError
+from registry.errors import Ambiguous, IndexUnavailable, InvalidInput, NotFound, RegistryError
 from registry.models import LoraFile, LoraModel, ScannedPath, TriggerWord, Version
 from registry.service import LoraEntry, clean_name, entry_of, read_stamp, version_query
 from registry.text import normalize_word
@@ -36,8 +36,11 @@ class Registry:
         self.embed_model_name = embed_model or settings.embed_model_name()
         self.index_dir = index_dir or settings.index_dir(url)
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RegistryError(f"cannot create the registry's directory {Path(parsed.database).parent}: {exc.strerror or exc}") from exc
         self.engine = make_engine(url)
         self._writer = writer_engine(self.engine)
         try:
@@ -100,7 +103,14 @@ class Registry:
             embedder = self.embedder()
             if only_if_stale and is_current(read_manifest(self.index_dir), embedder.name, embedder.dim, read_stamp(session)):
                 return read_manifest(self.index_dir)
-            manifest = rebuild_index(session, embedder, self.index_dir)
+            try:
+                manifest = rebuild_index(session, embedder, self.index_dir)
+            except OSError as exc:  # full disk, read-only data directory: the previous index stays
+                where = exc.filename or self.index_dir
+                raise IndexUnavailable(
+                    f"cannot write the search index in {self.index_dir} ({where}: {exc.strerror or exc}); "
+                    "the registry in SQL is intact and the previous index, if any, is kept"
+                ) from exc
             self._searcher = None
             return manifest
 

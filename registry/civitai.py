@@ -142,7 +142,11 @@ def parse_file(raw: Any) -> FileRecord | None:
     hashes = {str(k).lower(): v for k, v in _dict(d.get("hashes")).items()}
     sha256 = _hex(hashes.get("sha256"), 64)
     size_kb = d.get("sizeKB")
-    size = int(round(size_kb * 1024)) if isinstance(size_kb, (int, float)) and not isinstance(size_kb, bool) and size_kb >= 0 else None
+    size = (
+        int(round(size_kb * 1024))
+        if isinstance(size_kb, (int, float)) and not isinstance(size_kb, bool) and 0 <= size_kb < 2**50
+        else None
+    )  # JSON's Infinity and NaN, negative or absurd sizes: unknown
     return FileRecord(
         name=name,
         civitai_id=_int(d.get("id")),

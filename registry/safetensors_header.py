@@ -15,6 +15,8 @@ from registry.errors import InvalidInput
 
 # safetensors itself refuses headers over 100 MB; a LoRA header is rarely over 1 MB.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_RANK = 8  # dimensions of one tensor
+MAX_DIM = 2**40  # one dimension; with a zero elsewhere in the shape nothing else bounds it
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1,
@@ -56,6 +58,11 @@ class SafetensorsHeader:
         if not fmt or len(raw) != struct.calcsize(fmt):
             return None
         return float(struct.unpack(fmt, raw)[0])
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def looks_like_pickle(head: bytes) -> bool:
@@ -106,20 +113,22 @@ def _parse(path: str, fh: BinaryIO, size: int) -> SafetensorsHeader:
     data_len = size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     for key, info in header.items():
+        if len(key) > 1024:
+            raise bad(f"tensor name of {len(key)} characters ({_short(key)}) is too long")
         if not isinstance(info, dict):
             raise bad(f"tensor {key!r}: entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPE_SIZES:
-            raise bad(f"tensor {key!r}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise bad(f"tensor {key!r}: shape {shape!r} is not a list of non-negative integers")
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise bad(f"tensor {key!r}: unknown dtype {_short(dtype)}")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape) or len(shape) > MAX_RANK:
+            raise bad(f"tensor {key!r}: shape {_short(shape)} is not a list of at most {MAX_RANK} non-negative integers below 2**40")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
+            or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise bad(f"tensor {key!r}: data_offsets {offsets!r} are invalid")
+            raise bad(f"tensor {key!r}: data_offsets {_short(offsets)} are invalid")
         numel = 1
         for d in shape:
             numel *= d

@@ -8,6 +8,7 @@ import pytest
 import indexer.faiss_index as faiss_index
 from indexer.prompt import decompose, lora_tags
 from registry.api import Registry
+from registry.errors import RegistryError
 from tests.registry.conftest import BACKENDS, backend_url
 from tests.registry.test_ingest import make_dump
 
@@ -78,12 +79,13 @@ def test_failed_index_write_keeps_the_good_index(tmp_path: Path, db_url: str, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(faiss_index.os, "replace", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(RegistryError, match="cannot write the search index .*No space left on device.*previous index"):
         reg.reindex()
     monkeypatch.undo()
     assert faiss_index.read_manifest(reg.index_dir) == good
     assert faiss_index.load_index(reg.index_dir) is not None
     assert not [p for p in reg.index_dir.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in reg.index_dir.iterdir()) == sorted([".lock", "manifest.json", good.index_file])
 
 
 def test_embedding_model_is_configurable_and_a_change_rebuilds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
