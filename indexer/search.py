@@ -105,6 +105,10 @@ class Searcher:
                 order = (vid in present, published.timestamp() if published else 0.0, civitai_id or 0, vid)
                 self.versions[model_id].append(_VersionInfo(vid, family, vid in present, order))
         self.n_models = max(1, len(self.versions))
+        self._entries: dict[int, LoraEntry] = {}
+        # One query against a flat index is microseconds of work; FAISS's OpenMP threads spinning up
+        # for it cost milliseconds, and far more on a busy machine.
+        faiss.omp_set_num_threads(1)
 
     # -- scoring ------------------------------------------------------------------------------
     def _lexical_bonus(self, kind: str, gram: str, phrase_norm: str, df: int) -> float:
@@ -113,12 +117,9 @@ class Searcher:
         whole = 1.0 if gram == phrase_norm else 0.6
         return (0.6 if kind == "trigger" else 0.45) * rarity * whole
 
-    def _phrase_candidates(self, phrase: Phrase, vector: np.ndarray) -> tuple[list[_Candidate], float]:
-        depth = min(SEMANTIC_DEPTH, self.index.ntotal)
+    def _phrase_candidates(self, phrase: Phrase, sims: np.ndarray, ids: np.ndarray) -> tuple[list[_Candidate], float]:
         cands: dict[int, _Candidate] = {}
-        if depth:
-            sims, ids = self.index.search(vector[None, :], depth)
-            sims, ids = sims[0], ids[0]
+        if len(ids):
             valid = ids >= 0
             sims, ids = sims[valid], ids[valid]
             # How much this phrase resembles everything: a boilerplate tag scores high on all entries.
@@ -158,9 +159,14 @@ class Searcher:
             phrases = phrases + [whole]
             queries.append(whole.text)
         vectors = self.embedder.encode_queries(queries)
+        depth = min(SEMANTIC_DEPTH, self.index.ntotal)
+        if depth:
+            all_sims, all_ids = self.index.search(vectors, depth)  # every phrase in one call
+        else:
+            all_sims = all_ids = np.zeros((len(phrases), 0))
         lists = []
-        for phrase, vector in zip(phrases, vectors):
-            cands, best = self._phrase_candidates(phrase, vector)
+        for phrase, sims, ids in zip(phrases, all_sims, all_ids):
+            cands, best = self._phrase_candidates(phrase, sims, ids)
             if cands:
                 lists.append((best, phrase, cands))
         # strongest phrase first; the whole prompt last, so hits are credited to the phrase that names them
@@ -188,10 +194,18 @@ class Searcher:
                     break
         if not hits:
             return []
-        with self.registry.session() as session:
-            versions = {v.id: v for v in session.scalars(version_query().where(Version.id.in_([h[0] for h in hits])))}
-            return [
-                SearchHit(entry_of(versions[vid]), cand.score, phrase.text, cand.match, cand.similarity)
-                for vid, cand, phrase in hits
-                if vid in versions
-            ]
+        entries = self.entries([vid for vid, _, _ in hits])
+        return [
+            SearchHit(entries[vid], cand.score, phrase.text, cand.match, cand.similarity)
+            for vid, cand, phrase in hits
+            if vid in entries
+        ]
+
+    def entries(self, version_ids: list[int]) -> dict[int, LoraEntry]:
+        """Entries by version id, cached for the life of this searcher (it is replaced when SQL changes)."""
+        missing = [v for v in version_ids if v not in self._entries]
+        if missing:
+            with self.registry.session() as session:
+                for version in session.scalars(version_query().where(Version.id.in_(missing))):
+                    self._entries[version.id] = entry_of(version)
+        return {v: self._entries[v] for v in version_ids if v in self._entries}

@@ -91,6 +91,14 @@ class Registry:
             report = ingester.ingest_dump(path, follow_symlinks=follow_symlinks)
         else:
             raise InvalidInput(f"{path}: neither a dump directory nor a .jsonl/.jsonl.gz catalog")
+        if any(report.counts[k] for k in ("added", "updated", "missing", "records")):
+            # files can appear, move or vanish without any text changing: searchers cache entries and
+            # file states per stamp, so count this change too
+            from registry.service import bump_stamp
+
+            with self.session() as session:
+                bump_stamp(session)
+                session.commit()
         self.reindex(only_if_stale=True)
         return report
 

@@ -106,3 +106,14 @@ def test_embedding_model_is_configurable_and_a_change_rebuilds(tmp_path: Path, m
     broken = Registry.open(f"sqlite:///{tmp_path / 'r.db'}", embed_model=str(tmp_path / "no-such-model"))
     with pytest.raises(IndexUnavailable, match="no-such-model"):
         broken.search("trig1")
+
+
+def test_a_vanished_file_is_not_served_as_present(tmp_path: Path) -> None:
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    files = make_dump(tmp_path / "dump", 2)
+    reg.ingest(tmp_path / "dump")
+    assert reg.search("trig1", k=1, present_only=True)[0].entry.file_path == str(files[1])
+    files[1].unlink()
+    reg.ingest(tmp_path / "dump")  # same texts, only the file state changed
+    assert all(h.entry.name != "Subject 1" for h in reg.search("trig1", k=2, present_only=True))
+    assert reg.search("trig1", k=1)[0].entry.file_path is None
