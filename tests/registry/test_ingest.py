@@ -235,6 +235,7 @@ def test_interrupted_ingest_resumes_without_loss_or_duplicates(registry: Registr
     assert registry.stats()["index"]["vectors"] == 7
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # takes minutes: SQLite only, to keep the suite short
 def test_full_civitai_catalog(registry: Registry, shared: Path) -> None:
     path = shared / "fixtures/civitai/civitai_lora_models_2023-07.jsonl.gz"
     with gzip.open(path, "rt") as fh:
