@@ -96,7 +96,7 @@ class Registry:
             # file states per stamp, so count this change too
             from registry.service import bump_stamp
 
-            with self.session() as session:
+            with self.session(write=True) as session:
                 bump_stamp(session)
                 session.commit()
         self.reindex(only_if_stale=True)
