@@ -51,23 +51,50 @@ class Embedder:
         self.model.max_seq_length = DOCUMENT_MAX_TOKENS
         self._query_cache: dict[str, np.ndarray] = {}
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or free_cores())
+        try:
+            vectors = self.model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        finally:
+            torch.set_num_threads(previous)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, phrases: list[str]) -> np.ndarray:
         """Query phrases, cached: prompts repeat the same tags ("1girl", "masterpiece") all the time."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self._query_cache]
         if missing:
-            for phrase, vector in zip(missing, self.encode(missing, batch_size=len(missing))):
+            # A handful of short phrases is too little work to share between threads (measured: a
+            # second thread made a query 15x slower on a busy machine).
+            vectors = self.encode(missing, batch_size=len(missing), threads=1)
+            for phrase, vector in zip(missing, vectors):
                 if len(self._query_cache) > 50_000:
                     self._query_cache.clear()
                 self._query_cache[phrase] = vector
         return np.stack([self._query_cache[p] for p in phrases]) if phrases else np.zeros((0, self.dim), np.float32)
+
+
+def free_cores() -> int:
+    """Threads for a big encode: $LORAREGISTRY_THREADS, else the cores the load average leaves free.
+
+    torch's default (all cores) collapses when another process holds one of them: on this project's
+    2-core machines two threads beside a busy core ran many times slower than one.
+    """
+    if os.environ.get("LORAREGISTRY_THREADS", "").isdigit():
+        return max(1, int(os.environ["LORAREGISTRY_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # threads running right now, this one included (our own torch threads are idle here)
+        with open("/proc/loadavg") as fh:
+            others = int(fh.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        others = round(os.getloadavg()[0])
+    return max(1, min(cores, cores - others))
 
 
 @functools.lru_cache(maxsize=4)

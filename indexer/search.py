@@ -19,6 +19,9 @@ from registry.service import LoraEntry, clean_name, entry_of, version_query
 
 SEMANTIC_DEPTH = 64  # neighbours per phrase; also the sample for each phrase's "matches everything" level
 MIN_RELEVANCE = 0.12  # a semantic-only hit must beat its phrase's typical similarity by this much
+# Also search the whole prompt as one more phrase? Measured on 200 multi-subject prompts over the
+# 7,951-record catalog: recall@10 96.7% with it, 97.2% without, and it is the longest text to embed.
+WHOLE_PROMPT = False
 
 
 @dataclass
@@ -154,7 +157,7 @@ class Searcher:
         if not phrases:
             return []
         queries = [p.text for p in phrases]
-        if len(phrases) > 1:  # the whole prompt (minus boilerplate) as one more list
+        if WHOLE_PROMPT and len(phrases) > 1:  # the whole prompt (minus boilerplate) as one more list
             whole = Phrase(", ".join(queries), ", ".join(p.norm for p in phrases), False)
             phrases = phrases + [whole]
             queries.append(whole.text)
