@@ -417,25 +417,28 @@ class Ingester:
             return True
         return False
 
-    def _refuse_pickle(self, session: Session, scanned: dict[str, ScannedPath], path: str) -> None:
+    def _changed(self, scanned: dict[str, ScannedPath], path: str) -> tuple[int, int] | None:
+        """(size, mtime) of a path to (re)read, or None when it cannot be read or was seen unchanged."""
         try:
             size, mtime = self._stat(path)
         except OSError as exc:
             self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
-            return
+            return None
         if self._unchanged_problem(scanned, path, size, mtime):
+            return None
+        return size, mtime
+
+    def _refuse_pickle(self, session: Session, scanned: dict[str, ScannedPath], path: str) -> None:
+        if (stat := self._changed(scanned, path)) is None:
             return
+        size, mtime = stat
         ext = os.path.splitext(path)[1]
         self._remember(session, scanned, path, "refused", f"pickle-based {ext} file: never unpickled (convert it to .safetensors)", size, mtime)
 
     def _ingest_record(self, session: Session, writer: CatalogWriter, scanned: dict[str, ScannedPath], path: str) -> None:
-        try:
-            size, mtime = self._stat(path)
-        except OSError as exc:
-            self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
+        if (stat := self._changed(scanned, path)) is None:
             return
-        if self._unchanged_problem(scanned, path, size, mtime):
-            return
+        size, mtime = stat
         try:
             data = _read_json(path)
             kind, record = parse_any(data, os.path.splitext(os.path.basename(path))[0])
