@@ -163,7 +163,7 @@ def _match_file(record: ModelRecord, path: str, size: int, sha256: str | None) -
         lambda f: f.size_bytes is not None and abs(f.size_bytes - size) < 1024 and f.kind in (None, "Model"),
     ):
         found = [(v, f) for v, f in pairs if test(f)]
-        if len(found) == 1 or (found and test is not None and sha256):
+        if len(found) == 1 or (found and sha256):  # with the bytes hashed, the first match is exact
             return found[0]
     model_files = [(v, f) for v, f in pairs if f.kind in (None, "Model")]
     if len(model_files) == 1:
