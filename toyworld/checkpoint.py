@@ -19,4 +19,5 @@ def save(state: dict[str, Any], path: Path) -> None:
 def load(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # Tensors, numbers and dicts only: a checkpoint is never a reason to run pickled code.
+    return torch.load(path, map_location="cpu", weights_only=True)

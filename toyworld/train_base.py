@@ -65,6 +65,17 @@ def export_pipeline(vae, text_encoder, tokenizer, unet, out: Path) -> None:
     pipe.save_pretrained(str(out))
 
 
+def warm_start(export: Path, unet, text_encoder, ema_unet: EMA, ema_te: EMA) -> int:
+    """Load an exported pipeline's UNet and text encoder into the models and their EMAs; return its step."""
+    from safetensors.torch import load_file
+
+    for model, ema, sub in ((unet, ema_unet, "unet"), (text_encoder, ema_te, "text_encoder")):
+        weights = load_file(next((export / sub).glob("*.safetensors")))
+        model.load_state_dict(weights)
+        ema.model.load_state_dict(weights)
+    return int((export / "STEP").read_text().strip())
+
+
 def train_base(
     work: Path, steps: int, batch: int, lr: float, seed: int, log_every: int = 25,
     out: Path | None = None, n_cache: int = N_CACHE,
@@ -98,7 +109,13 @@ def train_base(
         ema_te.load_state_dict(state["ema_te"])
         start = state["step"]
         print(f"[base] resumed at step {start}", flush=True)
+    elif (ASSETS / "pipeline_partial" / "STEP").exists():
+        # A fresh machine has no work/ checkpoint, but the repository carries the last EMA export:
+        # warm-start from it (a new optimizer state, so the warm-up runs again) rather than from zero.
+        start = warm_start(ASSETS / "pipeline_partial", unet, text_encoder, ema_unet, ema_te)
+        print(f"[base] warm-started from {ASSETS / 'pipeline_partial'} at step {start}", flush=True)
 
+    warmup_from = 0 if state is not None else start
     unet.train(), text_encoder.train()
     t0, since, running = time.time(), start, 0.0
     for step in range(start, steps):
@@ -108,7 +125,7 @@ def train_base(
         latents = sample_latents(cache, idx, scale, gen)
         prompts = training_prompts([cache["captions"][i] for i in idx], rng, CAPTION_DROPOUT)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / WARMUP)
+            g["lr"] = lr * min(1.0, (step + 1 - warmup_from) / WARMUP)
         loss = diffusion_loss(unet, text_encoder, tokenizer, scheduler, latents, prompts, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
