@@ -29,6 +29,14 @@ def train_ae(work: Path, steps: int, batch: int, lr: float, seed: int, log_every
     if (out / "config.json").exists():
         print(f"[ae] done already: {out}", flush=True)
         return out
+    committed = Path(__file__).resolve().parent / "assets" / "vae"
+    if (committed / "config.json").exists() and not (work / "ae.ckpt").exists():
+        # a fresh clone carries the trained autoencoder: use it instead of training another
+        import shutil
+
+        shutil.copytree(committed, out)
+        print(f"[ae] using the committed autoencoder {committed}", flush=True)
+        return out
     ckpt_path = work / "ae.ckpt"
     torch.manual_seed(seed)
     vae = build_vae()

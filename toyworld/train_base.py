@@ -83,7 +83,7 @@ def train_base(
     """Train (or resume) the base model; returns the exported pipeline directory."""
     final = out or ASSETS / "pipeline"
     done_marker = work / "base.done"
-    if done_marker.exists():
+    if done_marker.exists() or (out is None and (final / "model_index.json").exists()):
         print(f"[base] done already: {final}", flush=True)
         return final
     vae = AutoencoderKL.from_pretrained(str(work / "vae")).eval()
