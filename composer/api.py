@@ -110,6 +110,15 @@ class Result:
         info.add_text("parameters", self.parameters)
         self.image.save(path, pnginfo=info)
 
+    def save_weights_map(self, path: str) -> None:
+        """The weights map as a PNG carrying the generation parameters and which LoRA each row is."""
+        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+
+        info = PngInfo()
+        info.add_text("parameters", self.parameters)
+        info.add_text("rows", ", ".join(self.lora_names))
+        self.weights_map().save(path, pnginfo=info)
+
     def weights_map(self, cell: int = 48, max_steps: int = 12):
         """An image of each LoRA's per-patch weights over the steps: one row per LoRA, one column per step."""
         return weights_map_image(self.weights, cell=cell, max_steps=max_steps)
@@ -162,10 +171,11 @@ class Composer:
 
     @classmethod
     def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32,
-                        cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "Composer":
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES, name: str | None = None) -> "Composer":
         import os  # noqa: PLC0415
 
-        return cls(load_pipeline(model, device, dtype), registry, os.path.basename(os.path.normpath(model)), cache_bytes)
+        name = name or os.path.basename(os.path.normpath(model))
+        return cls(load_pipeline(model, device, dtype), registry, name, cache_bytes)
 
     # ------------------------------------------------------------------ prompt encodings
     def _encode(self, prompt: str, negative: str):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 from transformers import PreTrainedTokenizerFast
 
 from toyworld import checkpoint
@@ -52,12 +52,14 @@ def training_prompts(captions: list[str], rng: np.random.Generator, dropout: flo
 
 
 def export_pipeline(vae, text_encoder, tokenizer, unet, out: Path) -> None:
+    # Saved with the sampler it is evaluated with (DDIM over the training betas), so that a plain
+    # from_pretrained, e.g. `loraregistry compose` with the built-in model, samples as measured.
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=DDIMScheduler.from_config(build_scheduler().config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

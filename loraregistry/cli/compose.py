@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
 
 METHODS = ("base", "merge", "switch", "composite", "loratorio")
@@ -45,11 +46,13 @@ def _quiet_libraries() -> None:
 
 @click.command("compose")
 @click.argument("prompt", required=False)
-@click.option("--model", "-m", required=True, metavar="ID_OR_DIR", help="Hugging Face id or save_pretrained directory (SD 1.x/2.x, SDXL).")
+@click.option("--model", "-m", default=None, metavar="ID_OR_DIR",
+              help="Hugging Face id or save_pretrained directory (SD 1.x/2.x, SDXL). Env: LORAREGISTRY_MODEL. "
+                   "Default: the built-in ToyWorld pipeline (and, without --db, its demo registry).")
 @click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT]", help="A LoRA file or registry id/name, optional weight. Repeatable.")
 @click.option("--method", type=click.Choice(METHODS), default="loratorio", show_default=True, help="How to combine the LoRAs.")
-@click.option("--steps", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--cfg", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Denoising steps (default 20; built-in model 25).")
+@click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale (default 7.5; built-in model 5).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None, help="Default: the model's native size.")
 @click.option("--height", type=click.IntRange(8), default=None)
@@ -103,13 +106,24 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     from composer import Composer, Job, LoratorioParams
     from composer.loras import extract_prompt_loras, parse_lora_token
 
+    try:
+        model, cli_ctx = _resolve_model(cli_ctx, model, as_json)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    builtin = model.builtin
+    model = model.path
+    if steps is None:
+        steps = BUILTIN_STEPS if builtin else 20
+    if cfg is None:
+        cfg = BUILTIN_CFG if builtin else 7.5
+
     if pool and (loras or batch_file):
         raise click.UsageError("--pool chooses the LoRAs itself: give it without --lora and --batch")
     auto = not batch_file and method != "base" and (bool(pool) or (not loras and not extract_prompt_loras(prompt)[1]))
     if auto:
         return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
                      LoratorioParams(p=p, tau=tau, lam=lam, k=k), device, pool, n_candidates, keep, probe_steps,
-                     threshold, retrieval_weight, cache_mb, as_json)
+                     threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None)
 
     _quiet_libraries()
 
@@ -132,7 +146,8 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
             os.makedirs(out, exist_ok=True)
         else:
             jobs = [Job(prompt, loras=[parse_lora_token(t) for t in loras], params=params, **defaults)]
-        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, cache_bytes=cache_mb << 20)
+        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, cache_bytes=cache_mb << 20,
+                                            name=BUILTIN_NAME if builtin else None)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -161,7 +176,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
             if wm_path:
                 if not result.weights:
                     raise click.ClickException("--weights-map: method 'base' has no LoRA weights to draw")
-                result.weights_map().save(wm_path)
+                result.save_weights_map(wm_path)
                 rep["weights_map"] = wm_path
             reports.append(rep)
             if batch_file and not as_json:
@@ -171,14 +186,40 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     elif not batch_file:
         rep = reports[0]
         loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"]) or "none"
-        click.echo(f"{rep['out']}: {rep['method']}, {rep['steps']} steps, seed {rep['seed']}, LoRAs {loras_txt}, "
+        click.echo(f"{rep['out']}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {rep['seed']}, LoRAs {loras_txt}, "
                    f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
     if batch_file and any("error" in r for r in reports):
         raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
 
 
+def _resolve_model(cli_ctx: CliContext, model: str | None, quiet: bool):
+    """The pipeline to load (said on stderr), and with the built-in one and no --db, the demo registry."""
+    from loraregistry.builtin import demo_registry_url, resolve_model
+
+    choice = resolve_model(model)
+    if not quiet:
+        click.echo(f"model: {choice.describe()}", err=True)
+    if choice.builtin and cli_ctx.db_url is None:
+        cli_ctx = _DemoContext(db_url=demo_registry_url())
+        if not quiet:
+            click.echo("registry: the built-in ToyWorld LoRAs (give --db for your own)", err=True)
+    return choice, cli_ctx
+
+
+class _DemoContext(CliContext):
+    """The demo registry, ingested from the built-in dump when first needed."""
+
+    def registry(self):
+        if self._registry is None:
+            from loraregistry.builtin import open_demo_registry
+
+            self._registry = open_demo_registry(self.db_url)
+        return self._registry
+
+
 def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-          params, device, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json) -> None:
+          params, device, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json,
+          name: str | None = None) -> None:
     """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
     from composer import Composer
     from composer.auto import AutoComposer
@@ -188,7 +229,7 @@ def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, h
     try:
         registry = cli_ctx.registry()
         ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=device,
-                                                   cache_bytes=cache_mb << 20), registry)
+                                                   cache_bytes=cache_mb << 20, name=name), registry)
         with _progress(1, quiet) as bar:
             task = bar.add_task("compose", total=steps)
             result = ac.compose(prompt, list(pool) or None, k=keep, probe_steps=probe_steps, method=method, seed=seed,
@@ -202,14 +243,14 @@ def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, h
     result.save(path)
     rep["out"] = path
     if weights_map:
-        result.weights_map().save(weights_map)
+        result.save_weights_map(weights_map)
         rep["weights_map"] = weights_map
     if as_json:
         echo_json(rep)
         return
     sel = rep["selection"]
     loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"])
-    click.echo(f"{path}: {rep['method']}, {rep['steps']} steps, seed {seed}, LoRAs {loras_txt} "
+    click.echo(f"{path}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {seed}, LoRAs {loras_txt} "
                f"(kept {len(sel['survivors'])} of {len(sel['candidates'])} candidates after a "
                f"{sel['probe']['steps'] if sel['probe'] else 0}-step probe), {rep['unet_calls_total']} UNet calls, "
                f"{rep['seconds']:.1f}s")

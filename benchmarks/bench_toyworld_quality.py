@@ -1,0 +1,264 @@
+"""ToyWorld composition quality: how often each method draws every skill a task names.
+
+    .venv/bin/python benchmarks/bench_toyworld_quality.py                 # the committed table
+    .venv/bin/python benchmarks/bench_toyworld_quality.py --sweep         # tune p, tau, lambda, k
+
+Tasks are SPEC's composition tasks (toyworld.captions.task_skill_sets): every skill set of N = 2,
+and a seeded sample of the N = 3 and N = 4 sets (--sets-per-n), each with --seeds seeds (a fresh
+scene per seed: slot, background, base object). A task succeeds when the SPEC detector
+(toyworld.detect.task_succeeds) finds every named skill and no unnamed object. Methods run through
+the same Composer loop: base (no LoRA), merge, switch, composite, loratorio (the task's N LoRAs)
+and loratorio-dynamic (all 8 LoRAs loaded, top-k per patch with k = N).
+
+Writes benchmarks/results/toyworld_quality.md and .json, and one grid per method in
+benchmarks/results/toyworld_grids/ (rows N = 2, 3, 4; a green bar under a success, red under a
+failure). Work is spread over --workers processes with one torch thread each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+ASSETS = ROOT / "toyworld" / "assets"
+METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic")
+
+
+def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0) -> list[dict]:
+    """Every N=2 skill set, a seeded sample of `sets_per_n` sets for larger N; one scene per seed."""
+    from toyworld.captions import task_for, task_skill_sets
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in ns:
+        sets = task_skill_sets(n)
+        if n > 2 and sets_per_n < len(sets):
+            sets = [sets[i] for i in sorted(rng.choice(len(sets), sets_per_n, replace=False))]
+        for skills in sets:
+            for s in range(seeds):
+                task = task_for(skills, np.random.default_rng([seed, n, len(out)]))
+                out.append({"n": n, "skills": list(skills), "seed": 1000 + s, "prompt": task.prompt, "task": task})
+    return out
+
+
+def _job(method: str, task: dict, params: dict):
+    from composer import Job, LoratorioParams
+    from toyworld import spec
+
+    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
+
+    dump = ASSETS / "dump"
+    lora = lambda s: str(dump / f"toyworld_{s}.safetensors")  # noqa: E731
+    kw = dict(steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, seed=task["seed"])
+    p = LoratorioParams(**params)
+    if method == "base":
+        return Job(task["prompt"], method="base", **kw)
+    if method == "loratorio-dynamic":
+        p = LoratorioParams(**{**params, "k": params.get("k") or task["n"]})
+        return Job(task["prompt"], loras=[lora(s) for s in spec.TRIGGERS], method="loratorio", params=p, **kw)
+    return Job(task["prompt"], loras=[lora(s) for s in task["skills"]], method=method, params=p, **kw)
+
+
+def _worker(args) -> list[dict]:
+    """Run a share of (method, task index, params) jobs on one warm composer with one thread."""
+    share, tasks, pipeline, grid_every = args
+    counter = _COUNTER
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from composer import Composer
+    from loraregistry.cli.compose import _quiet_libraries
+    from toyworld.detect import skill_shown, task_succeeds
+
+    _quiet_libraries()
+    composer = Composer.from_pretrained(pipeline, device="cpu", cache_bytes=None)
+    rows = []
+    for method, i, params in share:
+        task = tasks[i]
+        t0 = time.perf_counter()
+        result = composer.run(_job(method, task, params))
+        img = np.asarray(result.image.convert("RGB"))
+        rows.append({
+            "method": method, "i": i, "params": params, "n": task["n"], "skills": task["skills"],
+            "seed": task["seed"], "success": bool(task_succeeds(img, task["task"])),
+            "shown": {s: bool(skill_shown(img, task["task"].scene, s)) for s in task["skills"]},
+            "seconds": time.perf_counter() - t0, "unet_samples": result.report.get("unet_samples"),
+            "image": img.tolist() if (i % grid_every == 0) else None,
+        })
+        with counter.get_lock():
+            counter.value += 1
+    return rows
+
+
+_COUNTER = None  # images done, shared with the parent for the progress bar (set by the pool initializer)
+
+
+def _init(counter) -> None:
+    global _COUNTER
+    _COUNTER = counter
+
+
+def run_all(jobs: list[tuple[str, int, dict]], tasks: list[dict], pipeline: str, workers: int,
+            grid_every: int = 8) -> list[dict]:
+    """Images of every job, spread over `workers` processes; `grid_every`: keep every such task's image."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    shares = [jobs[w::workers] for w in range(workers)]
+    picklable = [{k: v for k, v in t.items()} for t in tasks]
+    with ctx.Pool(workers, initializer=_init, initargs=(counter,)) as pool, Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
+                                             TimeRemainingColumn(), transient=True) as bar:
+        bar_task = bar.add_task("images", total=len(jobs))
+        async_res = pool.map_async(_worker, [(s, picklable, pipeline, grid_every) for s in shares])
+        while not async_res.ready():
+            async_res.wait(2)
+            bar.update(bar_task, completed=counter.value)
+        rows = [r for share in async_res.get() for r in share]
+    return rows
+
+
+def rate_table(rows: list[dict], key) -> dict:
+    acc = defaultdict(list)
+    for r in rows:
+        acc[key(r)].append(r["success"])
+    return {k: (float(np.mean(v)), len(v)) for k, v in acc.items()}
+
+
+def save_grids(rows: list[dict], out: Path) -> None:
+    """One PNG per method: rows N = 2, 3, 4, up to 12 tasks each; bar under each image: green = success."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    out.mkdir(parents=True, exist_ok=True)
+    by = defaultdict(list)
+    for r in rows:
+        if r["image"] is not None:
+            by[r["method"]].append(r)
+    for method, rs in by.items():
+        rs.sort(key=lambda r: (r["n"], r["i"]))
+        ns = sorted({r["n"] for r in rs})
+        cols = 12
+        grid = np.full((len(ns) * 70, cols * 66, 3), 255, np.uint8)
+        legend = []
+        for row, n in enumerate(ns):
+            for col, r in enumerate([r for r in rs if r["n"] == n][:cols]):
+                y, x = row * 70, col * 66
+                grid[y : y + 64, x : x + 64] = np.array(r["image"], np.uint8)
+                grid[y + 65 : y + 69, x : x + 64] = (40, 170, 70) if r["success"] else (220, 40, 40)
+                legend.append(f"N={n} col {col}: {'+'.join(r['skills'])} seed {r['seed']}")
+        info = PngInfo()
+        info.add_text("parameters", f"method: {method}, steps 25, cfg 5, DDIM; rows N=2,3,4; " + "; ".join(legend))
+        Image.fromarray(grid).save(out / f"{method}.png", pnginfo=info)
+
+
+def write_report(rows: list[dict], args, seconds: float) -> str:
+    ns = sorted({r["n"] for r in rows})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    rates = rate_table(rows, lambda r: (r["method"], r["n"]))
+    overall = rate_table(rows, lambda r: r["method"])
+    lines = [
+        "# ToyWorld composition quality",
+        "",
+        f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n}`; "
+        f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
+        "finds every skill the task names and no object it does not name. DDIM 25 steps, CFG 5. "
+        f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N.",
+        "",
+        "| method | " + " | ".join(f"N={n}" for n in ns) + " | all |",
+        "|---|" + "---|" * (len(ns) + 1),
+    ]
+    for m in methods:
+        cells = [f"{rates[(m, n)][0]:.0%} ({rates[(m, n)][1]})" for n in ns]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {overall[m][0]:.0%} |")
+    lines += ["", "Per skill, share of images that show it when the task names it:", "",
+              "| method | " + " | ".join(_skills()) + " |", "|---|" + "---|" * len(_skills())]
+    for m in methods:
+        cells = []
+        for s in _skills():
+            v = [r["shown"][s] for r in rows if r["method"] == m and s in r["shown"]]
+            cells.append(f"{np.mean(v):.0%}" if v else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    secs = {m: np.mean([r["seconds"] for r in rows if r["method"] == m]) for m in methods}
+    lines += ["", "Seconds per image (one thread): " + ", ".join(f"{m} {secs[m]:.2f}" for m in methods), ""]
+    return "\n".join(lines)
+
+
+def _skills() -> list[str]:
+    from toyworld import spec
+
+    return list(spec.TRIGGERS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--sets-per-n", type=int, default=12, help="skill sets sampled for N = 3 and 4 (all of N = 2)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--p", type=int, default=None)
+    ap.add_argument("--tau", type=float, default=None)
+    ap.add_argument("--lam", type=float, default=None)
+    ap.add_argument("--sweep", action="store_true", help="LoRAtorio over a grid of p, tau, lambda on N = 2 and 3")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    from composer import LoratorioParams
+
+    d = LoratorioParams()
+    args.p, args.tau, args.lam = args.p or d.p, args.tau or d.tau, args.lam if args.lam is not None else d.lam
+    from loraregistry.builtin import builtin_pipeline_dir
+
+    pipeline = str(builtin_pipeline_dir())
+    t0 = time.time()
+    if args.sweep:
+        return sweep(args, pipeline)
+    tasks = build_tasks(args.seeds, args.sets_per_n)
+    params = {"p": args.p, "tau": args.tau, "lam": args.lam}
+    jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
+    rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds)
+    seconds = time.time() - t0
+    report = write_report(rows, args, seconds)
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "toyworld_quality.md").write_text(report)
+    slim = [{k: v for k, v in r.items() if k != "image"} for r in rows]
+    (args.out / "toyworld_quality.json").write_text(json.dumps(slim))
+    save_grids(rows, args.out / "toyworld_grids")
+
+
+def sweep(args, pipeline: str) -> None:
+    """LoRAtorio success on N = 2 and 3 tasks (fewer seeds) over p, tau, lambda: how the defaults were picked."""
+    tasks = [t for t in build_tasks(max(2, args.seeds // 2), 6, ns=(2, 3))]
+    grid = [{"p": p, "tau": tau, "lam": lam, "k": None} for p in (1, 2, 4) for tau in (0.01, 0.05, 0.2)
+            for lam in (0.5,)]
+    grid += [{"p": 2, "tau": 0.05, "lam": lam, "k": None} for lam in (0.0, 0.25, 0.75, 1.0)]
+    t0 = time.time()
+    jobs = [("loratorio", i, g) for g in grid for i in range(len(tasks))]
+    rows = run_all(jobs, tasks, pipeline, args.workers)
+    key = lambda r: (r["params"]["p"], r["params"]["tau"], r["params"]["lam"], r["n"])  # noqa: E731
+    rates = rate_table(rows, key)
+    lines = ["# LoRAtorio parameter sweep on ToyWorld", "",
+             f"`python benchmarks/bench_toyworld_quality.py --sweep`: {len(tasks)} tasks (N = 2 and 3), "
+             f"{len(rows)} images, {(time.time() - t0) / 60:.1f} min.", "",
+             "| p | tau | lambda | N=2 | N=3 |", "|---|---|---|---|---|"]
+    for g in grid:
+        c = [rates.get((g["p"], g["tau"], g["lam"], n), (float("nan"), 0))[0] for n in (2, 3)]
+        lines.append(f"| {g['p']} | {g['tau']} | {g['lam']} | {c[0]:.0%} | {c[1]:.0%} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    (args.out / "toyworld_sweep.md").write_text(report)
+
+
+if __name__ == "__main__":
+    main()

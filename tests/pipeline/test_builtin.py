@@ -1,0 +1,80 @@
+"""The embedded default: with no model configured, `compose` uses the built-in ToyWorld pipeline
+(and, with no registry configured, the ToyWorld demo registry); `demo` runs the whole job on it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from loraregistry import builtin
+from loraregistry.cli import cli
+
+DUMP_READY = (builtin.assets_dir() / "dump").is_dir() and any((builtin.assets_dir() / "dump").glob("*.safetensors"))
+needs_dump = pytest.mark.skipif(not DUMP_READY, reason="ToyWorld LoRA dump not trained yet (toyworld/assets/dump)")
+
+
+def test_model_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv(builtin.MODEL_ENV, raising=False)
+    choice = builtin.resolve_model(None)
+    assert choice.builtin and (Path(choice.path) / "model_index.json").is_file()
+    assert "built-in ToyWorld" in choice.describe()
+    assert builtin.resolve_model("toyworld").builtin
+    monkeypatch.setenv(builtin.MODEL_ENV, str(tmp_path))
+    env = builtin.resolve_model(None)
+    assert not env.builtin and env.path == str(tmp_path) and env.source == "$LORAREGISTRY_MODEL"
+    given = builtin.resolve_model("runwayml/stable-diffusion-v1-5")
+    assert not given.builtin and given.source == "--model"
+
+
+def test_compose_without_model_uses_the_builtin_pipeline(monkeypatch, tmp_path):
+    monkeypatch.delenv(builtin.MODEL_ENV, raising=False)
+    monkeypatch.delenv("LORAREGISTRY_DB", raising=False)
+    monkeypatch.setenv("LORAREGISTRY_HOME", str(tmp_path / "home"))
+    out = tmp_path / "circle.png"
+    r = CliRunner().invoke(cli, ["compose", "a red circle on the left, light background", "--method", "base",
+                                 "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "model: built-in ToyWorld pipeline" in r.stderr
+    assert "toyworld" in r.stdout and "25 steps" in r.stdout  # ToyWorld's own sampling defaults
+    img = Image.open(out)
+    assert img.size == (64, 64) and "CFG scale: 5" in img.text["parameters"]
+
+
+def test_compose_with_a_missing_model_env_fails_cleanly(monkeypatch, tmp_path):
+    monkeypatch.setenv(builtin.MODEL_ENV, str(tmp_path / "nowhere"))
+    r = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path / 'r.db'}", "compose", "a kiki", "--method", "base",
+                                 "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "nowhere" in r.output and "Traceback" not in r.output
+
+
+@needs_dump
+@pytest.mark.slow
+def test_compose_without_model_or_db_picks_toyworld_loras(monkeypatch, tmp_path):
+    monkeypatch.delenv(builtin.MODEL_ENV, raising=False)
+    monkeypatch.delenv("LORAREGISTRY_DB", raising=False)
+    monkeypatch.setenv("LORAREGISTRY_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(cli, ["compose", "a kiki on the left, checkerboard background", "--keep", "2",
+                                 "--out", str(tmp_path / "kc.png"), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["model"] == "toyworld"
+    kept = {w for c in rep["selection"]["candidates"] if c["kept"] for w in c["trigger_words"]}
+    assert kept == {"kiki", "checkerboard"}, rep["selection"]["dropped"]
+    assert (tmp_path / "home" / "toyworld-demo.db").is_file()
+
+
+@needs_dump
+@pytest.mark.slow
+def test_demo_ingests_composes_and_writes_image_and_weight_map(tmp_path):
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(cli, ["demo", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "problems: 0" in r.output
+    image, weights = Image.open(out / "compose.png"), Image.open(out / "weights.png")
+    assert image.size == (64, 64)
+    assert "kiki" in image.text["parameters"] and "checkerboard" in image.text["parameters"]
+    rows = weights.text["rows"].split(", ")
+    assert len(rows) == 2 and weights.size[1] > 2 * 48  # one row of cells per kept LoRA
