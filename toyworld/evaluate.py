@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grids", type=Path, help="folder for image grids")
+    p.add_argument("--markdown", type=Path, help="also write the results as a Markdown table here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -161,6 +162,29 @@ def main(argv: list[str] | None = None) -> None:
                 save_grid(images, args.grids / f"lora_{skill}.png", cols=12)
     results["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(results, indent=2))
+    if args.markdown:
+        args.markdown.write_text(markdown(results, " ".join(argv if argv is not None else os.sys.argv[1:])))
+
+
+def markdown(results: dict, command: str) -> str:
+    """The quality bars of the ToyWorld issue as a table: base >= 80%; each LoRA >= 80% on, <= 5% off."""
+    lines = ["# ToyWorld models against their quality bars", "", f"`python -m toyworld.evaluate {command}`"
+             f" ({results['seconds'] / 60:.1f} min). DDIM 25 steps, CFG 5; SPEC detector.", ""]
+    if "base" in results:
+        b = results["base"]
+        lines += ["| base model | prompts | fully right | one object | two objects | empty | bar |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| EMA UNet + text encoder | {b['n']} | **{b['accuracy']:.0%}** | {b['by_kind']['one']:.0%} | "
+                  f"{b['by_kind']['two']:.0%} | {b['by_kind']['empty']:.0%} | >= 80%: "
+                  f"{'met' if b['accuracy'] >= 0.8 else 'NOT met'} |", "",
+                  "By attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in b["by_attribute"].items()), ""]
+    if "loras" in results:
+        lines += ["| LoRA | seeds | skill shown, LoRA on | LoRA off | bar (>= 80% on, <= 5% off) |", "|---|---|---|---|---|"]
+        for skill, r in results["loras"].items():
+            met = r["with_lora"] >= 0.8 and r["without_lora"] <= 0.05
+            lines.append(f"| {skill} | {r['n']} | {r['with_lora']:.0%} | {r['without_lora']:.0%} | "
+                         f"{'met' if met else 'NOT met'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

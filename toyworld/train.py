@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ae-steps", type=int, default=1400)
     p.add_argument("--ae-lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=8000, help="base UNet steps")
+    p.add_argument("--steps", type=int, default=11000, help="base UNet steps")
     p.add_argument("--lr", type=float, default=5e-4, help="base learning rate")
     p.add_argument("--lora-steps", type=int, default=900)
     p.add_argument("--lora-lr", type=float, default=1.5e-3)
