@@ -159,7 +159,7 @@ def save_grids(rows: list[dict], out: Path) -> None:
                 grid[y + 65 : y + 69, x : x + 64] = (40, 170, 70) if r["success"] else (220, 40, 40)
                 legend.append(f"N={n} col {col}: {'+'.join(r['skills'])} seed {r['seed']}")
         info = PngInfo()
-        info.add_text("parameters", f"method: {method}, steps 25, cfg 5, DDIM; rows N=2,3,4; " + "; ".join(legend))
+        info.add_text("parameters", f"method: {method}, steps 25, cfg {_cfg()}, DDIM; rows N=2,3,4; " + "; ".join(legend))
         Image.fromarray(grid).save(out / f"{method}.png", pnginfo=info)
 
 
@@ -173,7 +173,7 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
         "",
         f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n}`; "
         f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
-        "finds every skill the task names and no object it does not name. DDIM 25 steps, CFG 5. "
+        f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
         f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N.",
         "",
         "| method | " + " | ".join(f"N={n}" for n in ns) + " | all |",
@@ -193,6 +193,12 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
     secs = {m: np.mean([r["seconds"] for r in rows if r["method"] == m]) for m in methods}
     lines += ["", "Seconds per image (one thread): " + ", ".join(f"{m} {secs[m]:.2f}" for m in methods), ""]
     return "\n".join(lines)
+
+
+def _cfg() -> float:
+    from loraregistry.builtin import BUILTIN_CFG
+
+    return BUILTIN_CFG
 
 
 def _skills() -> list[str]:

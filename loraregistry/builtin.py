@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 MODEL_ENV = "LORAREGISTRY_MODEL"
 BUILTIN_NAME = "toyworld"
-# ToyWorld's own sampling settings (toyworld.generate): what its quality numbers were measured with.
-BUILTIN_STEPS, BUILTIN_CFG = 25, 5.0
+# ToyWorld's own sampling settings, measured in toyworld.generate: what its quality numbers use.
+BUILTIN_STEPS, BUILTIN_CFG = 25, 2.0
 
 
 def assets_dir() -> Path:

@@ -43,11 +43,15 @@ def base_scenes(seed: int = 0) -> list[Scene]:
     return one + two + empty
 
 
-def evaluate_base(pipe, seed: int = 1000) -> dict:
+def _cfg(guidance: float | None) -> dict:
+    return {} if guidance is None else {"guidance": guidance}
+
+
+def evaluate_base(pipe, seed: int = 1000, guidance: float | None = None) -> dict:
     from toyworld.generate import generate
 
     scenes = base_scenes()
-    images = generate(pipe, [caption(s) for s in scenes], [seed + i for i in range(len(scenes))])
+    images = generate(pipe, [caption(s) for s in scenes], [seed + i for i in range(len(scenes))], **_cfg(guidance))
     rows = [scene_correct(img, s) for img, s in zip(images, scenes)]
     kinds = {"one": [r for r, s in zip(rows, scenes) if len(s.objects) == 1],
              "two": [r for r, s in zip(rows, scenes) if len(s.objects) == 2],
@@ -65,7 +69,7 @@ def evaluate_base(pipe, seed: int = 1000) -> dict:
     }, images
 
 
-def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 2000) -> dict:
+def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 2000, guidance: float | None = None) -> dict:
     """Skill detection rate with the LoRA on (weight 1) and off, on prompts that ask for it."""
     from toyworld.generate import generate
 
@@ -74,9 +78,9 @@ def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 20
     prompts, seeds = [caption(s) for s in scenes], [seed + i for i in range(n)]
     pipe.load_lora_weights(str(lora_path), adapter_name=skill)
     pipe.set_adapters([skill], [1.0])
-    on = generate(pipe, prompts, seeds)
+    on = generate(pipe, prompts, seeds, **_cfg(guidance))
     pipe.disable_lora()
-    off = generate(pipe, prompts, seeds)
+    off = generate(pipe, prompts, seeds, **_cfg(guidance))
     pipe.enable_lora()
     pipe.delete_adapters([skill])
     return {
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base", action="store_true")
     p.add_argument("--loras", default="", help="comma-separated skills, or `all`")
     p.add_argument("--n", type=int, default=12)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: toyworld.generate.GUIDANCE)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grids", type=Path, help="folder for image grids")
     p.add_argument("--markdown", type=Path, help="also write the results as a Markdown table here")
@@ -151,16 +156,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.grids:
             args.grids.mkdir(parents=True, exist_ok=True)
         if args.base:
-            results["base"], images = evaluate_base(pipe)
+            results["base"], images = evaluate_base(pipe, guidance=args.cfg)
             if args.grids:
                 save_grid(images, args.grids / "base.png")
         skills = list(spec.TRIGGERS) if args.loras == "all" else [s for s in args.loras.split(",") if s]
         for skill in skills:
             path = args.dump / f"toyworld_{skill}.safetensors"
-            results.setdefault("loras", {})[skill], images = evaluate_lora(pipe, path, skill, args.n)
+            results.setdefault("loras", {})[skill], images = evaluate_lora(pipe, path, skill, args.n, guidance=args.cfg)
             if args.grids:
                 save_grid(images, args.grids / f"lora_{skill}.png", cols=12)
     results["seconds"] = round(time.time() - t0, 1)
+    from toyworld.generate import GUIDANCE
+
+    results["cfg"] = args.cfg if args.cfg is not None else GUIDANCE
     print(json.dumps(results, indent=2))
     if args.markdown:
         args.markdown.write_text(markdown(results, " ".join(argv if argv is not None else os.sys.argv[1:])))
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 def markdown(results: dict, command: str) -> str:
     """The quality bars of the ToyWorld issue as a table: base >= 80%; each LoRA >= 80% on, <= 5% off."""
     lines = ["# ToyWorld models against their quality bars", "", f"`python -m toyworld.evaluate {command}`"
-             f" ({results['seconds'] / 60:.1f} min). DDIM 25 steps, CFG 5; SPEC detector.", ""]
+             f" ({results['seconds'] / 60:.1f} min). DDIM 25 steps, CFG {results.get('cfg')}; SPEC detector.", ""]
     if "base" in results:
         b = results["base"]
         lines += ["| base model | prompts | fully right | one object | two objects | empty | bar |",

@@ -1,4 +1,4 @@
-"""Generate ToyWorld images with a loaded StableDiffusionPipeline: DDIM, 25 steps, CFG 5, one
+"""Generate ToyWorld images with a loaded StableDiffusionPipeline: DDIM, 25 steps, CFG 2, one
 seeded generator per image, so that a (prompt, seed) pair always gives the same image."""
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 STEPS = 25
-GUIDANCE = 5.0
+# Measured (python -m toyworld.evaluate --cfg G; 100 base prompts, 12 seeds per LoRA): base fully
+# right 80% / 82% / 87% at CFG 5 / 3 / 2; kiki LoRA 58% / 100% / 100%, bouba 33% / 58% / 75%.
+# Higher guidance over-saturates colours past the detector's tolerance; CFG 1 loses bouba (50%).
+GUIDANCE = 2.0
 
 
 def load_pipeline(path: str) -> StableDiffusionPipeline:

@@ -52,7 +52,7 @@ def _quiet_libraries() -> None:
 @click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT]", help="A LoRA file or registry id/name, optional weight. Repeatable.")
 @click.option("--method", type=click.Choice(METHODS), default="loratorio", show_default=True, help="How to combine the LoRAs.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Denoising steps (default 20; built-in model 25).")
-@click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale (default 7.5; built-in model 5).")
+@click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale (default 7.5; built-in model 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None, help="Default: the model's native size.")
 @click.option("--height", type=click.IntRange(8), default=None)

@@ -40,7 +40,7 @@ def test_compose_without_model_uses_the_builtin_pipeline(monkeypatch, tmp_path):
     assert "model: built-in ToyWorld pipeline" in r.stderr
     assert "toyworld" in r.stdout and "25 steps" in r.stdout  # ToyWorld's own sampling defaults
     img = Image.open(out)
-    assert img.size == (64, 64) and "CFG scale: 5" in img.text["parameters"]
+    assert img.size == (64, 64) and "CFG scale: 2" in img.text["parameters"]
 
 
 def test_compose_with_a_missing_model_env_fails_cleanly(monkeypatch, tmp_path):
