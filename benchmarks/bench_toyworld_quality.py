@@ -34,15 +34,16 @@ ASSETS = ROOT / "toyworld" / "assets"
 METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic")
 
 
-def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0) -> list[dict]:
-    """Every N=2 skill set, a seeded sample of `sets_per_n` sets for larger N; one scene per seed."""
+def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True) -> list[dict]:
+    """Every N=2 skill set (unless not `all_of_n2`), a seeded sample of `sets_per_n` sets for the
+    other N; one scene per seed."""
     from toyworld.captions import task_for, task_skill_sets
 
     rng = np.random.default_rng(seed)
     out = []
     for n in ns:
         sets = task_skill_sets(n)
-        if n > 2 and sets_per_n < len(sets):
+        if (n > 2 or not all_of_n2) and sets_per_n < len(sets):
             sets = [sets[i] for i in sorted(rng.choice(len(sets), sets_per_n, replace=False))]
         for skills in sets:
             for s in range(seeds):
@@ -217,6 +218,8 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=None)
     ap.add_argument("--lam", type=float, default=None)
     ap.add_argument("--sweep", action="store_true", help="LoRAtorio over a grid of p, tau, lambda on N = 2 and 3")
+    ap.add_argument("--explain", default=None, metavar="SKILL,SKILL",
+                    help="write a figure of each LoRA alone vs each method for one task (why it fails or works)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     from composer import LoratorioParams
@@ -229,6 +232,9 @@ def main() -> None:
     t0 = time.time()
     if args.sweep:
         return sweep(args, pipeline)
+    if args.explain:
+        print(explain(pipeline, tuple(args.explain.split(",")), args.out / "toyworld_grids"))
+        return
     tasks = build_tasks(args.seeds, args.sets_per_n)
     params = {"p": args.p, "tau": args.tau, "lam": args.lam}
     jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
@@ -243,9 +249,55 @@ def main() -> None:
     save_grids(rows, args.out / "toyworld_grids")
 
 
+def explain(pipeline: str, skills: tuple[str, ...], out: Path, seeds: int = 6) -> Path:
+    """A figure that shows why a composition fails or works, one row each: the base alone, each
+    LoRA alone on the task's prompt, then every method; a green/red bar per image (task success);
+    below, LoRAtorio's weight map for the first seed (rows: LoRAs in the order above, columns: steps)."""
+    import torch
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from composer import Composer, Job
+    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
+    from loraregistry.cli.compose import _quiet_libraries
+    from toyworld.captions import task_for
+    from toyworld.detect import task_succeeds
+
+    _quiet_libraries()
+    composer = Composer.from_pretrained(pipeline, device="cpu", cache_bytes=None)
+    lora = lambda s: str(ASSETS / "dump" / f"toyworld_{s}.safetensors")  # noqa: E731
+    tasks = [task_for(skills, np.random.default_rng([3, s])) for s in range(seeds)]
+    rows = [("base", [], "base")] + [(f"{s} alone", [lora(s)], "merge") for s in skills]
+    rows += [(m, [lora(s) for s in skills], m) for m in ("merge", "switch", "composite", "loratorio")]
+    grid = np.full((len(rows) * 70, seeds * 66, 3), 255, np.uint8)
+    weights_map = None
+    for r, (label, loras, method) in enumerate(rows):
+        for c, task in enumerate(tasks):
+            res = composer.run(Job(task.prompt, loras=loras, method=method, seed=1000 + c, steps=BUILTIN_STEPS,
+                                   cfg=BUILTIN_CFG))
+            img = np.asarray(res.image.convert("RGB"))
+            grid[r * 70 : r * 70 + 64, c * 66 : c * 66 + 64] = img
+            grid[r * 70 + 65 : r * 70 + 69, c * 66 : c * 66 + 64] = (40, 170, 70) if task_succeeds(img, task) else (220, 40, 40)
+            if method == "loratorio" and c == 0:
+                weights_map = np.asarray(res.weights_map(cell=32).convert("RGB"))
+    if weights_map is not None:
+        pad = np.full((weights_map.shape[0] + 6, max(grid.shape[1], weights_map.shape[1]), 3), 255, np.uint8)
+        pad[6:, : weights_map.shape[1]] = weights_map
+        grid = np.concatenate([np.pad(grid, ((0, 0), (0, pad.shape[1] - grid.shape[1]), (0, 0)), constant_values=255), pad])
+    info = PngInfo()
+    info.add_text("parameters", f"{tasks[0].prompt}; rows: " + ", ".join(r[0] for r in rows)
+                  + f"; seeds 1000..{999 + seeds}; steps {BUILTIN_STEPS}, cfg {BUILTIN_CFG}, DDIM; bottom: LoRAtorio "
+                  "weights for seed 1000 (rows: " + ", ".join(skills) + "; white = weight 1)")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"why_{'_'.join(skills)}.png"
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path, pnginfo=info)
+    return path
+
+
 def sweep(args, pipeline: str) -> None:
     """LoRAtorio success on N = 2 and 3 tasks (fewer seeds) over p, tau, lambda: how the defaults were picked."""
-    tasks = [t for t in build_tasks(max(2, args.seeds // 2), 6, ns=(2, 3))]
+    tasks = build_tasks(3, 8, ns=(2, 3), seed=1, all_of_n2=False)
     grid = [{"p": p, "tau": tau, "lam": lam, "k": None} for p in (1, 2, 4) for tau in (0.01, 0.05, 0.2)
             for lam in (0.5,)]
     grid += [{"p": 2, "tau": 0.05, "lam": lam, "k": None} for lam in (0.0, 0.25, 0.75, 1.0)]
@@ -255,7 +307,8 @@ def sweep(args, pipeline: str) -> None:
     key = lambda r: (r["params"]["p"], r["params"]["tau"], r["params"]["lam"], r["n"])  # noqa: E731
     rates = rate_table(rows, key)
     lines = ["# LoRAtorio parameter sweep on ToyWorld", "",
-             f"`python benchmarks/bench_toyworld_quality.py --sweep`: {len(tasks)} tasks (N = 2 and 3), "
+             f"`python benchmarks/bench_toyworld_quality.py --sweep`: {len(tasks)} tasks (8 skill sets each of "
+             "N = 2 and 3, 3 seeds), "
              f"{len(rows)} images, {(time.time() - t0) / 60:.1f} min.", "",
              "| p | tau | lambda | N=2 | N=3 |", "|---|---|---|---|---|"]
     for g in grid:

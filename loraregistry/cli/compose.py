@@ -40,8 +40,12 @@ def _quiet_libraries() -> None:
     import diffusers
     import transformers
 
+    import warnings
+
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # Several adapters on one model is what the composer means to do; PEFT warns about it each time.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
 
 
 @click.command("compose")

@@ -86,9 +86,3 @@ def test_db_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LORAREGISTRY_DB", f"sqlite:///{tmp_path / 'env.db'}")
     assert invoke("stats").exit_code == 0
     assert (tmp_path / "env.db").exists()
-
-
-def test_demo_runs_on_a_fresh_directory(tmp_path: Path) -> None:
-    result = invoke("demo", "--out", str(tmp_path / "demo"))
-    assert result.exit_code == 0, result.output
-    assert "Kiki the Orange Ring" in result.output and "Checkerboard" in result.output
