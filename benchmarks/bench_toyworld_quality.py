@@ -123,9 +123,13 @@ def run_all(jobs: list[tuple[str, int, dict]], tasks: list[dict], pipeline: str,
                                              TimeRemainingColumn(), transient=True) as bar:
         bar_task = bar.add_task("images", total=len(jobs))
         async_res = pool.map_async(_worker, [(s, picklable, pipeline, grid_every) for s in shares])
+        last = time.time()
         while not async_res.ready():
             async_res.wait(2)
             bar.update(bar_task, completed=counter.value)
+            if not sys.stderr.isatty() and time.time() - last > 60:  # a log file still shows progress
+                print(f"{counter.value}/{len(jobs)} images", file=sys.stderr, flush=True)
+                last = time.time()
         rows = [r for share in async_res.get() for r in share]
     return rows
 
