@@ -79,7 +79,7 @@ def _quiet_libraries() -> None:
 @click.option("--probe-steps", type=click.IntRange(1), default=3, show_default=True, help="Without --lora: denoising steps of the probe (P).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
-@click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=0.75, show_default=True,
               help="Without --lora: weight of the retrieval score against the probe score (geometric).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @json_option
