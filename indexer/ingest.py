@@ -534,7 +534,7 @@ class Ingester:
                 match = None
 
         try:
-            row = self._store_adapter(session, writer, known_files, known, record, match, path, size, mtime, sha256, verified, header, info)
+            row, already = self._store_adapter(session, writer, known_files, known, record, match, path, size, mtime, sha256, verified, header, info)
         except _Duplicate as dup:  # the savepoint is rolled back: nothing of this file lands
             writer.forget()
             self._remember(session, scanned, path, "duplicate", str(dup), size, mtime)
@@ -544,9 +544,10 @@ class Ingester:
             session.delete(scanned_row)
         known_files[path] = row
         self._mark_dirty(session, row.version.model)
-        self.report.counts["updated" if known is not None else "added"] += 1
+        self.report.counts["updated" if known is not None else "unchanged" if already else "added"] += 1
 
-    def _store_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], known: LoraFile | None, record: ModelRecord | None, match: tuple[VersionRecord, FileRecord] | None, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo) -> LoraFile:
+    def _store_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], known: LoraFile | None, record: ModelRecord | None, match: tuple[VersionRecord, FileRecord] | None, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo) -> tuple[LoraFile, bool]:
+        """The file's row, and whether SQL already held it unchanged at this path."""
         with session.begin_nested():
             row, version = known, None
             if record is not None:
@@ -575,11 +576,14 @@ class Ingester:
                     row = self._synthesize(session, header, info, path)
             if known is None and (other := self._sha_taken(session, sha256, row, path)):
                 raise _Duplicate(f"same SHA256 as {other}")
+            # A row that already holds this path and these bytes was stored by another process
+            # after this batch looked (PostgreSQL reads committed rows statement by statement).
+            already = row.path == path and (row.size_bytes, row.mtime_ns, row.status) == (size, mtime, "present")
             self._fill_file(row, path, size, mtime, sha256, verified, header, info)
             version = row.version
             self._apply_family(version, info, path)
             session.flush()
-        return row
+        return row, already
 
     def _drop_known(self, session: Session, known_files: dict[str, LoraFile], known: LoraFile | None) -> None:
         """A file that was good and is now broken stops being loadable."""
