@@ -18,6 +18,7 @@ import torch
 from composer.cache import DEFAULT_CACHE_BYTES
 from composer.callbacks import StepCallbacks, SwitchLoras, progress_callback
 from composer.denoiser import BASE, Branch, LoratorioCombine, MultiLoraDenoiser, combine_mean, combine_single, installed
+from composer.params import LoratorioParams
 from composer.loras import LoadedLora, LoraError, LoraLoader, LoraRef, extract_prompt_loras, parse_lora_token, pipeline_family
 
 METHODS = ("base", "merge", "switch", "composite", "loratorio")
@@ -28,26 +29,6 @@ _SAMPLERS = {
     "DPMSolverMultistepScheduler": "DPM++ 2M", "PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS",
     "HeunDiscreteScheduler": "Heun", "UniPCMultistepScheduler": "UniPC", "DDPMScheduler": "DDPM",
 }
-
-
-@dataclass
-class LoratorioParams:
-    """LoRAtorio's knobs. Defaults are mechanical choices pending tuning on a trained model:
-
-    * ``p=2``: 2x2 latent pixels = 16x16 image pixels for SD's 8x VAE, the finest grid that still
-      pools 4 pixels x all channels into each cosine; on 64x64 (SD1.5 512 px) latents that is a
-      32x32 weight grid. Sizes p does not divide are zero-padded (border patches are smaller).
-    * ``tau=0.05``: cosines of eps predictions across LoRAs typically differ by a few hundredths;
-      at tau=0.05 a 0.05 gap gives an e:1 weight ratio (tau=1 would be nearly uniform, tau->0 a
-      hard argmin).
-    * ``lam=0.5``: the issue's default re-centring weight.
-    * ``k=None``: dynamic top-k off (all LoRAs); set k < N for a pool of many LoRAs.
-    """
-
-    p: int = 2
-    tau: float = 0.05
-    lam: float = 0.5
-    k: int | None = None
 
 
 @dataclass
@@ -73,13 +54,13 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> "Job":
         """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k."""
         known = {"prompt", "loras", "method", "seed", "steps", "cfg", "width", "height", "negative_prompt", "name", "switch_every"}
-        unknown = set(d) - known - {"p", "tau", "lam", "lambda", "k"}
+        unknown = set(d) - known - {"p", "tau", "lam", "lambda", "k", "equalise"}
         if unknown:
             raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
         if "prompt" not in d:
             raise ValueError("a job needs a prompt")
         kw = {k: v for k, v in d.items() if k in known}
-        params = LoratorioParams(**{k: d[src] for k, src in (("p", "p"), ("tau", "tau"), ("lam", "lam"), ("lam", "lambda"), ("k", "k")) if src in d})
+        params = LoratorioParams(**{k: d[src] for k, src in (("p", "p"), ("tau", "tau"), ("lam", "lam"), ("lam", "lambda"), ("k", "k"), ("equalise", "equalise")) if src in d})
         loras = kw.pop("loras", []) or []
         if isinstance(loras, str):
             loras = [loras]
@@ -235,7 +216,7 @@ class Composer:
             branches, combine = [self._branch(a.adapter, prompt, neg, [a]) for a in loras], combine_mean
         else:
             branches = [self._branch(BASE, prompt, neg, None)] + [self._branch(a.adapter, prompt, neg, [a]) for a in loras]
-            combine = LoratorioCombine(job.params.p, job.params.tau, job.params.lam, job.params.k)
+            combine = LoratorioCombine(job.params.p, job.params.tau, job.params.lam, job.params.k, job.params.equalise)
         # Adapter state for denoising: scales for every LoRA of the job (mixed batches read them).
         if loras:
             self.pipe.enable_lora()
@@ -302,7 +283,7 @@ class Composer:
         settings.append(f"Composition: {job.method}")
         if job.method == "loratorio":
             p = job.params
-            settings.append(f'LoRAtorio: "p={p.p}, tau={p.tau:g}, lambda={p.lam:g}, k={p.k}"')
+            settings.append(f'LoRAtorio: "p={p.p}, tau={p.tau:g}, lambda={p.lam:g}, k={p.k}, equalise={p.equalise}"')
         if job.method == "switch":
             settings.append(f"Switch every: {job.switch_every}")
         lines.append(", ".join(settings))

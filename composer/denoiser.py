@@ -89,16 +89,17 @@ class LoratorioCombine:
     tau: float
     lam: float
     k: int | None = None
+    equalise: bool = False
 
     def __call__(self, eps_u, eps_c, step):
         if eps_c.shape[0] < 2:
             raise ValueError("LoRAtorio needs the base branch and at least one LoRA branch")
         if eps_u is None:  # no CFG: only the conditional mix
-            sim = cm.patch_cosine_similarity(eps_c[1:], eps_c[0], self.p)
-            omega = cm.softmin_weights(sim, self.tau, cm.topk_divergence_mask(sim, self.k))
+            omega = cm.loratorio_weights(eps_c[0], eps_c[1:], self.p, self.tau, self.k, self.equalise)
             pix = cm.patch_weights_to_pixels(omega, self.p, *eps_c.shape[-2:]).to(eps_c.dtype)
             return None, cm.weighted_sum(eps_c[1:], pix), omega
-        u, c, omega = cm.loratorio_predictions(eps_c[0], eps_u[0], eps_c[1:], eps_u[1:], self.p, self.tau, self.lam, self.k)
+        u, c, omega = cm.loratorio_predictions(eps_c[0], eps_u[0], eps_c[1:], eps_u[1:], self.p, self.tau, self.lam, self.k,
+                                                  self.equalise)
         return u, c, omega
 
 

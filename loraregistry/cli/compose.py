@@ -7,8 +7,11 @@ import sys
 
 import click
 
+from composer.params import LoratorioParams
 from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
+
+_DEFAULT = LoratorioParams()
 
 METHODS = ("base", "merge", "switch", "composite", "loratorio")
 
@@ -65,10 +68,12 @@ def _quiet_libraries() -> None:
 @click.option("--weights-map", default=None, metavar="FILE.png", help="Write an image of each LoRA's per-patch weights over the steps.")
 @click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="JOBS.jsonl",
               help="Run one job per JSON line on one warm pipeline; needs --out DIR.")
-@click.option("--patch", "p", type=click.IntRange(1), default=2, show_default=True, help="LoRAtorio patch side p (latent pixels).")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help="LoRAtorio SoftMin temperature.")
-@click.option("--lam", "lam", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="LoRAtorio re-centring weight lambda.")
+@click.option("--patch", "p", type=click.IntRange(1), default=_DEFAULT.p, show_default=True, help="LoRAtorio patch side p (latent pixels).")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=_DEFAULT.tau, show_default=True, help="LoRAtorio SoftMin temperature.")
+@click.option("--lam", "lam", type=click.FloatRange(0, 1), default=_DEFAULT.lam, show_default=True, help="LoRAtorio re-centring weight lambda.")
 @click.option("--top-k", "k", type=click.IntRange(1), default=None, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
+@click.option("--equalise/--no-equalise", default=_DEFAULT.equalise, show_default=True,
+              help="LoRAtorio: rescale each LoRA's divergence by its own mean before the SoftMin (ours, not the paper's).")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--pool", "pool", multiple=True, metavar="ID_OR_FILE[:WEIGHT]",
@@ -85,7 +90,7 @@ def _quiet_libraries() -> None:
 @json_option
 @pass_cli
 def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
-            weights_map, batch_file, p, tau, lam, k, switch_every, device, pool, n_candidates, keep, probe_steps,
+            weights_map, batch_file, p, tau, lam, k, equalise, switch_every, device, pool, n_candidates, keep, probe_steps,
             threshold, retrieval_weight, cache_mb, as_json):
     """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
 
@@ -107,7 +112,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     if batch_file and weights_map:
         raise click.UsageError("--weights-map is per image; with --batch each job's map goes to DIR/<name>.weights.png")
 
-    from composer import Composer, Job, LoratorioParams
+    from composer import Composer, Job
     from composer.loras import extract_prompt_loras, parse_lora_token
 
     try:
@@ -126,12 +131,12 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     auto = not batch_file and method != "base" and (bool(pool) or (not loras and not extract_prompt_loras(prompt)[1]))
     if auto:
         return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-                     LoratorioParams(p=p, tau=tau, lam=lam, k=k), device, pool, n_candidates, keep, probe_steps,
+                     LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise), device, pool, n_candidates, keep, probe_steps,
                      threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None)
 
     _quiet_libraries()
 
-    params = LoratorioParams(p=p, tau=tau, lam=lam, k=k)
+    params = LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise)
     defaults = dict(method=method, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
                     negative_prompt=negative_prompt, switch_every=switch_every)
     try:
@@ -141,7 +146,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    d = {**defaults, **{"p": p, "tau": tau, "lam": lam, "k": k}, **json.loads(line)}
+                    d = {**defaults, **{"p": p, "tau": tau, "lam": lam, "k": k, "equalise": equalise}, **json.loads(line)}
                     d.setdefault("name", f"job{n:04d}")
                     try:
                         jobs.append(Job.from_dict(d))
