@@ -197,7 +197,10 @@ class Composer:
             loras = []
         return prompt, loras
 
-    def run(self, job: Job, progress: Callable[[int, int], None] | None = None) -> Result:
+    def run(self, job: Job, progress: Callable[[int, int], None] | None = None,
+            replay: Sequence[torch.Tensor] = ()) -> Result:
+        """Generate ``job``. ``replay``: the guided noise predictions of the first steps, taken as
+        they are instead of running the UNet (a probe's steps from the same seed and settings)."""
         t0 = time.perf_counter()
         prompt, loras = self.prepare(job)
         names = [a.adapter for a in loras]
@@ -223,7 +226,7 @@ class Composer:
             self.pipe.set_adapters(names, weights)
         elif self._has_adapters():
             self.pipe.enable_lora()  # the base branch runs as "__base__" in a mixed batch
-        denoiser = MultiLoraDenoiser(self.pipe.unet, branches, combine, batched=job.batched)
+        denoiser = MultiLoraDenoiser(self.pipe.unet, branches, combine, batched=job.batched, replay=replay)
         if job.method == "switch":
             switch = SwitchLoras(denoiser, names, weights, job.switch_every)
             switch.activate(self.pipe, 0)
@@ -249,7 +252,7 @@ class Composer:
             "loratorio": asdict(job.params) if job.method == "loratorio" else None,
             "switch_every": job.switch_every if job.method == "switch" else None,
             "batched": job.batched, "unet_calls": denoiser.unet_calls, "unet_samples": denoiser.unet_samples,
-            "seconds": round(seconds, 3),
+            "replayed_steps": len(replay), "seconds": round(seconds, 3),
         }
         return Result(image, self.parameters_text(prompt, loras, job, width, height), report, per_step,
                       [a.name for a in loras])

@@ -260,8 +260,13 @@ class AutoComposer:
                 candidates: int = DEFAULT_CANDIDATES, threshold: float = DEFAULT_THRESHOLD,
                 retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT, probe_top_k: int | None = None, steps: int = 20,
                 cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
-                params: LoratorioParams | None = None, name: str | None = None, progress=None) -> AutoResult:
-        """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``."""
+                params: LoratorioParams | None = None, name: str | None = None, progress=None,
+                reuse_probe: bool = False) -> AutoResult:
+        """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``.
+
+        ``reuse_probe``: start the composition from the probe's latents (its P steps are replayed,
+        not recomputed), which saves P steps of the composition's UNet work; the first P steps
+        are then the probe's dynamic LoRAtorio over every candidate rather than the survivors'."""
         if method not in METHODS or method == "base":
             raise SelectionError(f"method must be one of {', '.join(m for m in METHODS if m != 'base')}, got {method!r}")
         t0 = time.perf_counter()
@@ -272,7 +277,8 @@ class AutoComposer:
         job = Job(sel.prompt, loras=[c.ref() for c in sel.survivors], method=method, seed=seed, steps=steps, cfg=cfg,
                   width=width, height=height, negative_prompt=negative_prompt, params=params, name=name)
         t1 = time.perf_counter()
-        result = self.composer.run(job, progress=progress)
+        replay = sel.probe.outputs if (reuse_probe and sel.probe is not None) else ()
+        result = self.composer.run(job, progress=progress, replay=replay)
         sel.timings["compose"] = time.perf_counter() - t1
         sel.timings["total"] = time.perf_counter() - t0
         report = dict(result.report)
@@ -287,6 +293,8 @@ class AutoComposer:
         report["unet_samples_total"] = probe_samples + result.report["unet_samples"]
         report["seconds"] = round(sel.timings["total"], 3)
         params_text = result.parameters + ", " + sel.parameters()
+        if replay:
+            params_text += f", Probe steps re-used: {len(replay)}"
         return AutoResult(result.image, params_text, report, result.weights, result.lora_names, selection=sel)
 
     @staticmethod

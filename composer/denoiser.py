@@ -116,10 +116,13 @@ class MultiLoraDenoiser(torch.nn.Module):
             all). The probe (composer.probe) needs only the base model's unconditional prediction
             (LoRAtorio with lambda = 1), which saves K of its 2(K + 1) samples per step; ``combine``
             then gets ``eps_u`` with n branches.
+        replay: outputs to return for the first ``len(replay)`` steps instead of calling the UNet
+            (the probe's steps, re-used by the composition that follows it from the same seed).
+        record: keep every step's output in ``outputs`` (what ``replay`` takes).
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True,
-                 uncond_branches: int | None = None):
+                 uncond_branches: int | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
@@ -131,6 +134,9 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.unet_calls = 0
         self.unet_samples = 0
         self.weights: list[torch.Tensor] = []  # per step: (N, B, Hp, Wp) or (N, B, 1, 1)
+        self.replay = list(replay)
+        self.record = record
+        self.outputs: list[torch.Tensor] = []
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -155,6 +161,12 @@ class MultiLoraDenoiser(torch.nn.Module):
                              return_dict=False, **kwargs)[0]
 
     def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=True, **kwargs):
+        if self.step < len(self.replay):
+            out = self.replay[self.step]
+            if out.shape != sample.shape:
+                raise ValueError(f"replayed step {self.step} has shape {tuple(out.shape)}, the pipeline's latents {tuple(sample.shape)}")
+            self.step += 1
+            return (out,) if not return_dict else _Output(out)
         branches = [self.branches[i] for i in self.active]
         b = branches[0].cond.shape[0]
         if sample.shape[0] == 2 * b:
@@ -208,6 +220,8 @@ class MultiLoraDenoiser(torch.nn.Module):
             self.weights.append(w.detach().float().cpu())
         self.step += 1
         out = c if u is None else torch.cat([u, c])
+        if self.record:
+            self.outputs.append(out.detach().clone())
         return (out,) if not return_dict else _Output(out)
 
 

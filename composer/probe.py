@@ -52,6 +52,7 @@ class ProbeRun:
     unet_calls: int
     unet_samples: int
     seconds: float
+    outputs: list[torch.Tensor] = field(default_factory=list)  # each step's guided prediction, for replay
 
     def report(self) -> dict[str, Any]:
         return {"steps": self.steps, "top_k": self.top_k, "unet_calls": self.unet_calls,
@@ -88,7 +89,7 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: in
     pipe.enable_lora()
     pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
     combine = ProbeCombine(p, tau, top_k)
-    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1)
+    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1, record=True)
     first = branches[0]
     kwargs: dict[str, Any] = dict(
         prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=steps,
@@ -101,4 +102,4 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: in
         pipe(**kwargs)
     sim = torch.stack(combine.similarities)
     return ProbeRun(sim, probe_scores(sim, top_k), probe_steps, top_k, denoiser.unet_calls, denoiser.unet_samples,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, denoiser.outputs)

@@ -86,12 +86,15 @@ def _quiet_libraries() -> None:
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
 @click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=0.75, show_default=True,
               help="Without --lora: weight of the retrieval score against the probe score (geometric).")
+@click.option("--reuse-probe/--no-reuse-probe", default=False, show_default=True,
+              help="Without --lora: continue from the probe's latents instead of recomputing its steps "
+                   "(saves P steps of composition; see benchmarks/results/toyworld_auto.md).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @json_option
 @pass_cli
 def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
             weights_map, batch_file, p, tau, lam, k, equalise, switch_every, device, pool, n_candidates, keep, probe_steps,
-            threshold, retrieval_weight, cache_mb, as_json):
+            threshold, retrieval_weight, reuse_probe, cache_mb, as_json):
     """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
 
     LoRAs come from --lora (file paths or registry ids/names) and from A1111 tags in the prompt.
@@ -132,7 +135,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     if auto:
         return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
                      LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise), device, pool, n_candidates, keep, probe_steps,
-                     threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None)
+                     threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None, reuse_probe)
 
     _quiet_libraries()
 
@@ -228,7 +231,7 @@ class _DemoContext(CliContext):
 
 def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
           params, device, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json,
-          name: str | None = None) -> None:
+          name: str | None = None, reuse_probe: bool = False) -> None:
     """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
     from composer import Composer
     from composer.auto import AutoComposer
@@ -244,7 +247,8 @@ def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, h
             result = ac.compose(prompt, list(pool) or None, k=keep, probe_steps=probe_steps, method=method, seed=seed,
                                 candidates=n_candidates, threshold=threshold, retrieval_weight=retrieval_weight,
                                 steps=steps, cfg=cfg, width=width, height=height, negative_prompt=negative_prompt,
-                                params=params, progress=lambda done, total: bar.update(task, completed=done))
+                                params=params, progress=lambda done, total: bar.update(task, completed=done),
+                                reuse_probe=reuse_probe)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
     rep = result.report

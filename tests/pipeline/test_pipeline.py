@@ -155,3 +155,45 @@ def test_bad_requests(auto, dump, sd1_dir, tmp_path):
     only_sd15.ingest(str(d))
     with pytest.raises(SelectionError, match="family 'other'.*sd1: 1"):
         AutoComposer(auto.composer, only_sd15).compose("kiki castle", **FAST)
+
+
+def test_replayed_steps_reproduce_the_run(auto, dump):
+    """Replay mechanics: a run given its own first P guided predictions gives the same image
+    without calling the UNet for those steps."""
+    from composer.denoiser import BASE, LoratorioCombine, MultiLoraDenoiser, installed
+
+    c = auto.composer
+    from composer.loras import LoraRef
+
+    loras = c.loader.load_all([LoraRef(dump[n], 1.0) for n in ("kiki", "stripes")])
+    prompt = "a kiki on the left, stripes background"
+    branches = [c._branch(BASE, prompt, "", None)] + [c._branch(a.adapter, prompt, "", [a]) for a in loras]
+    c.pipe.enable_lora()
+    c.pipe.set_adapters([a.adapter for a in loras], [1.0, 1.0])
+
+    def run(**kw):
+        d = MultiLoraDenoiser(c.pipe.unet, branches, LoratorioCombine(2, 0.05, 0.5), **kw)
+        with torch.inference_mode(), installed(c.pipe, d):
+            out = c.pipe(prompt_embeds=branches[0].cond, negative_prompt_embeds=branches[0].uncond, num_inference_steps=4,
+                         guidance_scale=7.5, height=32, width=32, output_type="latent",
+                         generator=torch.Generator().manual_seed(5)).images
+        return out, d
+
+    full, d_full = run(record=True)
+    assert d_full.unet_calls == 4 and len(d_full.outputs) == 4
+    replayed, d_re = run(replay=d_full.outputs[:2])
+    assert d_re.unet_calls == 2
+    assert torch.equal(replayed, full)
+    with pytest.raises(ValueError, match="replayed step 0 has shape"):
+        run(replay=[d_full.outputs[0][:1]])
+
+
+def test_compose_can_reuse_the_probe_steps(auto):
+    prompt = "a kiki on the left, checkerboard background, stripes, inert"
+    plain = auto.compose(prompt, k=2, threshold=0.0, seed=3, **FAST)
+    reused = auto.compose(prompt, k=2, threshold=0.0, seed=3, reuse_probe=True, **FAST)
+    assert reused.report["selection"]["survivors"] == plain.report["selection"]["survivors"]
+    assert plain.report["replayed_steps"] == 0 and reused.report["replayed_steps"] == 2
+    # compose: the 2 replayed steps cost nothing; 2 steps x 2 halves x (base + 2) remain
+    assert reused.report["unet_samples"] == 2 * 2 * 3 and plain.report["unet_samples"] == 4 * 2 * 3
+    assert reused.report["unet_samples_total"] == plain.report["unet_samples_total"] - 2 * 2 * 3
