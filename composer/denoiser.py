@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from composer import math as cm
+from composer.stacked import stacked_adapter_batch
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -119,10 +120,13 @@ class MultiLoraDenoiser(torch.nn.Module):
         replay: outputs to return for the first ``len(replay)`` steps instead of calling the UNet
             (the probe's steps, re-used by the composition that follows it from the same seed).
         record: keep every step's output in ``outputs`` (what ``replay`` takes).
+        stacked: serve a batch of several adapters with :mod:`composer.stacked` (one batched
+            low-rank product per layer) rather than PEFT's adapter-by-adapter mixed batch.
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True,
-                 uncond_branches: int | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False):
+                 uncond_branches: int | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
+                 stacked: bool = True):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
@@ -136,6 +140,7 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.weights: list[torch.Tensor] = []  # per step: (N, B, Hp, Wp) or (N, B, 1, 1)
         self.replay = list(replay)
         self.record = record
+        self.stacked = stacked
         self.outputs: list[torch.Tensor] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -151,14 +156,19 @@ class MultiLoraDenoiser(torch.nn.Module):
     def _call_unet(self, sample, timestep, ehs, adapters, added, kwargs):
         self.unet_calls += 1
         self.unet_samples += sample.shape[0]
-        ctx = contextlib.nullcontext()
-        if any(a is not None for a in adapters):
-            if any(a is None for a in adapters):
-                raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")
-            ctx = mixed_adapter_batch(self.unet, adapters)
-        with ctx:
-            return self.unet(sample, timestep, encoder_hidden_states=ehs, added_cond_kwargs=added,
-                             return_dict=False, **kwargs)[0]
+        if not any(a is not None for a in adapters):
+            return self._unet(sample, timestep, ehs, added, kwargs)
+        if any(a is None for a in adapters):
+            raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")
+        if self.stacked and len(set(adapters)) > 1:
+            with stacked_adapter_batch(self.unet, adapters) as served:
+                if served:
+                    return self._unet(sample, timestep, ehs, added, kwargs)
+        with mixed_adapter_batch(self.unet, adapters):
+            return self._unet(sample, timestep, ehs, added, kwargs)
+
+    def _unet(self, sample, timestep, ehs, added, kwargs):
+        return self.unet(sample, timestep, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
 
     def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=True, **kwargs):
         if self.step < len(self.replay):
@@ -179,17 +189,23 @@ class MultiLoraDenoiser(torch.nn.Module):
         if added_cond_kwargs is not None and "time_ids" in added_cond_kwargs:
             time_ids = added_cond_kwargs["time_ids"]
             t_halves = list(time_ids.chunk(len(halves)))
-        # One entry per (half, branch), halves outer: [u_0..u_V, c_0..c_V].
-        xs, ehs, pooled, tids, adapters = [], [], [], [], []
+        # One entry per (branch, half), branch by branch: [u_0, c_0, u_1, c_1, ...] (the branches
+        # past `uncond_branches` have no unconditional half), so that each adapter's samples form
+        # one run and the stacked low-rank forward (composer.stacked) serves the whole batch.
+        halves_by_kind = dict(halves)
+        t_by_kind = {kind: t_halves[h] for h, (kind, _) in enumerate(halves)} if time_ids is not None else {}
         n_u = len(branches) if self.uncond_branches is None else min(self.uncond_branches, len(branches))
-        for h, (kind, x) in enumerate(halves):
-            for br in (branches[:n_u] if kind == "uncond" else branches):
-                xs.append(x)
-                ehs.append(br.cond if kind == "cond" else br.uncond)
-                pooled.append(br.pooled_cond if kind == "cond" else br.pooled_uncond)
-                if time_ids is not None:
-                    tids.append(t_halves[h])
-                adapters.extend([br.adapter] * b)
+        entries = [(kind, i) for i in range(len(branches)) for kind in ("uncond", "cond")
+                   if kind in halves_by_kind and (kind == "cond" or i < n_u)]
+        xs, ehs, pooled, tids, adapters = [], [], [], [], []
+        for kind, i in entries:
+            br = branches[i]
+            xs.append(halves_by_kind[kind])
+            ehs.append(br.cond if kind == "cond" else br.uncond)
+            pooled.append(br.pooled_cond if kind == "cond" else br.pooled_uncond)
+            if time_ids is not None:
+                tids.append(t_by_kind[kind])
+            adapters.extend([br.adapter] * b)
 
         def added_for(sl):
             if added_cond_kwargs is None:
@@ -209,12 +225,11 @@ class MultiLoraDenoiser(torch.nn.Module):
                 self._call_unet(xs[i], ts, ehs[i], adapters[i * b:(i + 1) * b], added_for(slice(i, i + 1)), kwargs)
                 for i in range(len(xs))
             ])
-        v = len(branches)
-        if len(halves) == 2:
-            eps_u = eps[: n_u * b].reshape(n_u, b, *eps.shape[1:])
-            eps_c = eps[n_u * b:].reshape(v, b, *eps.shape[1:])
-        else:
-            eps_u, eps_c = None, eps.reshape(v, b, *eps.shape[1:])
+        chunks = eps.split(b)
+        eps_c = torch.stack([chunks[j] for j, (kind, _) in enumerate(entries) if kind == "cond"])
+        eps_u = None
+        if "uncond" in halves_by_kind:
+            eps_u = torch.stack([chunks[j] for j, (kind, _) in enumerate(entries) if kind == "uncond"])
         u, c, w = self.combine(eps_u, eps_c, self.step)
         if w is not None:
             self.weights.append(w.detach().float().cpu())

@@ -56,6 +56,57 @@ def test_batched_equals_per_adapter_forwards(sd1_composer, sd1_loras):
     assert (torch.cat(single[1:]) - single[0]).abs().max() > 1e-3
 
 
+def test_stacked_batch_equals_peft_mixed_batch(sd1_composer, sd1_loras):
+    """The stacked low-rank forward (composer.stacked) == PEFT's mixed batch == each adapter alone,
+    over four formats with different ranks and targets (convs included), two samples per adapter."""
+    from composer.stacked import stacked_adapter_batch
+
+    c = sd1_composer
+    loaded = c.loader.load_all([LoraRef(p, w) for p, w in zip(sd1_loras.values(), (0.8, 1.0, 0.6, 1.2))])
+    names = [a.adapter for a in loaded]
+    c.pipe.enable_lora()
+    c.pipe.set_adapters(names, [a.weight for a in loaded])
+    unet = c.pipe.unet
+    g = torch.Generator().manual_seed(1)
+    order = [n for n in [BASE] + names for _ in range(2)]
+    x = torch.randn(len(order), 4, 16, 16, generator=g)
+    ehs = torch.randn(len(order), 77, 32, generator=g)
+    with torch.no_grad():
+        with mixed_adapter_batch(unet, order):
+            peft = unet(x, 500, encoder_hidden_states=ehs).sample
+        with stacked_adapter_batch(unet, order) as used:
+            stacked = unet(x, 500, encoder_hidden_states=ehs).sample
+        assert used > 20  # layers served stacked: every attention projection and conv of the four
+        assert not any("forward" in m.__dict__ for m in unet.modules())  # restored
+        single = []
+        for i, name in enumerate(order):
+            if name == BASE:
+                unet.disable_adapters()
+            else:
+                unet.enable_adapters()
+                unet.set_adapters([name], [loaded[names.index(name)].weight])
+            single.append(unet(x[i : i + 1], 500, encoder_hidden_states=ehs[i : i + 1]).sample)
+        unet.enable_adapters()
+        c.pipe.set_adapters(names, [a.weight for a in loaded])
+    assert (stacked - peft).abs().max().item() < 1e-4
+    assert (stacked - torch.cat(single)).abs().max().item() < 1e-4
+    assert (stacked[2:] - stacked[:2].repeat(4, 1, 1, 1)).abs().max() > 1e-3  # the adapters act
+
+
+def test_stacked_layout_and_fallback():
+    from composer.stacked import Layout, layout_of, stacked_adapter_batch
+
+    assert layout_of([BASE, BASE, "a", "a", "b", "b"]) == Layout(2, ("a", "b"), 2)
+    assert layout_of([BASE, BASE, "a", "b", "c"]) == Layout(2, ("a", "b", "c"), 1)  # the probe's layout
+    assert layout_of(["a", "a", "b", "b"]) == Layout(0, ("a", "b"), 2)
+    assert layout_of([BASE, "a", BASE, "a"]) is None  # base not first
+    assert layout_of(["a", "b", "a", "b"]) is None  # an adapter in two runs
+    assert layout_of([BASE, "a", "a", "b"]) is None  # uneven runs
+    assert layout_of([BASE, BASE]) is None
+    with stacked_adapter_batch(torch.nn.Linear(2, 2), ["a", "b", "a"]) as used:
+        assert used == 0
+
+
 def test_batched_equals_sequential_loratorio_sd1(sd1_composer, sd1_loras):
     loras = [sd1_loras["kohya"], sd1_loras["lokr"]]
     a = sd1_composer.run(Job("a cat", loras=loras, steps=3, width=32, height=32, seed=1))

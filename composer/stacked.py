@@ -1,0 +1,166 @@
+"""Mixed-adapter batches as one stacked low-rank product per layer.
+
+PEFT's mixed batch (``LoraLayer._mixed_batch_forward``) serves a batch whose samples carry
+different adapters adapter by adapter: gather the adapter's samples, two small matmuls, scatter
+back; N gathers, N scatters and 2N small kernels in every LoRA layer at every step. When the
+batch is laid out adapter by adapter in runs of equal length (what ``MultiLoraDenoiser`` builds:
+the base model's samples first, then each LoRA's), the LoRA samples are a view ``(N, g, ...)``
+of the input, and all N low-rank updates are two batched products (``bmm``; grouped
+convolutions for conv layers) added in place. PEFT has no such path, hence this layer-level
+forward; anything it does not cover (DoRA and other variants, LoRA biases, grouped base convs,
+uneven runs) falls back to PEFT's own mixed batch.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+BASE = "__base__"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """``offset`` samples without adapter, then ``adapters[i]`` on samples
+    ``offset + i*group .. offset + (i+1)*group``."""
+
+    offset: int
+    adapters: tuple[str, ...]
+    group: int
+
+
+def layout_of(adapter_names: Sequence[str]) -> Layout | None:
+    """The run-length layout of a per-sample adapter list, or None when it is not base-first
+    followed by one run of equal length per adapter."""
+    names = list(adapter_names)
+    i = 0
+    while i < len(names) and names[i] == BASE:
+        i += 1
+    offset, order, sizes = i, [], []
+    while i < len(names):
+        a, j = names[i], i
+        while j < len(names) and names[j] == a:
+            j += 1
+        if a == BASE or a in order:
+            return None
+        order.append(a)
+        sizes.append(j - i)
+        i = j
+    if not order or len(set(sizes)) != 1:
+        return None
+    return Layout(offset, tuple(order), sizes[0])
+
+
+def _kind(layer: torch.nn.Module) -> str | None:
+    from peft.tuners.lora import layer as lora_layer  # noqa: PLC0415
+
+    if type(layer) is lora_layer.Linear:
+        return "linear"
+    if type(layer) is lora_layer.Conv2d:
+        return "conv2d"
+    return None
+
+
+def _eligible(layer: torch.nn.Module, adapters: tuple[str, ...]) -> bool:
+    if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
+        return False
+    if any(a in getattr(layer, "lora_variant", {}) for a in adapters):
+        return False
+    for a in adapters:
+        if a in layer.lora_B and getattr(layer.lora_B[a], "bias", None) is not None:
+            return False
+        if a in layer.lora_A and isinstance(layer.lora_A[a], torch.nn.Conv2d):
+            if layer.lora_A[a].groups != 1 or layer.lora_B[a].groups != 1 or layer.lora_A[a].padding_mode != "zeros":
+                return False
+    return True
+
+
+def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every adapter's A and scaled B, zero-padded to the largest rank (an adapter that does not
+    touch this layer is all zeros): linear ``(N, r, in)``, ``(N, out, r)``; conv2d
+    ``(N*r, in, kh, kw)``, ``(N*out, r, 1, 1)``. Cached on the layer until a weight or scale changes."""
+    key = tuple(
+        (a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
+         layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
+        if a in layer.lora_A else (a,)
+        for a in adapters
+    )
+    cached = layer.__dict__.get("_stacked_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    present = [a for a in adapters if a in layer.lora_A]
+    ref_a = layer.lora_A[present[0]].weight
+    r = max(layer.lora_A[a].weight.shape[0] for a in present)
+    a_shape, b_shape = list(ref_a.shape), list(layer.lora_B[present[0]].weight.shape)
+    a_stack = ref_a.new_zeros([len(adapters), r, *a_shape[1:]])
+    b_stack = ref_a.new_zeros([len(adapters), b_shape[0], r, *b_shape[2:]])
+    for i, a in enumerate(adapters):
+        if a not in layer.lora_A:
+            continue
+        wa, wb = layer.lora_A[a].weight, layer.lora_B[a].weight
+        a_stack[i, : wa.shape[0]] = wa
+        b_stack[i, :, : wb.shape[1]] = wb * layer.scaling[a]
+    if _kind(layer) == "conv2d":
+        a_stack = a_stack.reshape(len(adapters) * r, *a_shape[1:])
+        b_stack = b_stack.reshape(len(adapters) * b_shape[0], r, *b_shape[2:])
+    layer.__dict__["_stacked_cache"] = (key, (a_stack, b_stack))
+    return a_stack, b_stack
+
+
+def stacked_forward(layer: torch.nn.Module, plan: Layout, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``base_layer(x)`` plus each adapter's low-rank update on its run of samples, all at once."""
+    result = layer.base_layer(x, *args, **kwargs)
+    a_w, b_w = stacked_weights(layer, plan.adapters)
+    n, g, off = len(plan.adapters), plan.group, plan.offset
+    xs = x[off:].to(a_w.dtype)
+    if _kind(layer) == "linear":
+        h = torch.bmm(xs.reshape(n, -1, xs.shape[-1]), a_w.transpose(1, 2))
+        y = torch.bmm(h, b_w.transpose(1, 2))
+    else:  # the N adapters as the groups of one grouped convolution, samples g as its batch
+        conv_a = layer.lora_A[next(a for a in plan.adapters if a in layer.lora_A)]
+        c, hgt, wid = xs.shape[1:]
+        xg = xs.reshape(n, g, c, hgt, wid).transpose(0, 1).reshape(g, n * c, hgt, wid)
+        h = F.conv2d(xg, a_w, stride=conv_a.stride, padding=conv_a.padding, dilation=conv_a.dilation, groups=n)
+        y = F.conv2d(h, b_w, groups=n)
+        y = y.reshape(g, n, -1, *y.shape[-2:]).transpose(0, 1)
+    result[off:] += y.reshape(result[off:].shape).to(result.dtype)
+    return result
+
+
+@contextlib.contextmanager
+def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[int]:
+    """Within the block, every plain LoRA linear/conv layer of ``model`` serves the per-sample
+    ``adapter_names`` with :func:`stacked_forward`, and yields how many layers it serves. It
+    yields 0 and changes nothing when the layout is not base-first runs of equal length (the
+    caller then uses PEFT's mixed batch); layers it cannot serve get PEFT's mixed batch."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    plan = layout_of(adapter_names)
+    if plan is None:
+        yield 0
+        return
+    names = list(adapter_names)
+
+    def pre_hook(_module, args, kwargs):
+        kwargs["adapter_names"] = names
+        return args, kwargs
+
+    patched, handles = [], []
+    for m in model.modules():
+        if not isinstance(m, BaseTunerLayer):
+            continue
+        if _kind(m) is not None and _eligible(m, plan.adapters) and any(a in m.lora_A for a in plan.adapters):
+            m.forward = lambda x, *a, _m=m, **kw: stacked_forward(_m, plan, x, *a, **kw)
+            patched.append(m)
+        else:
+            handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        yield len(patched)
+    finally:
+        for m in patched:
+            del m.forward
+        for h in handles:
+            h.remove()
