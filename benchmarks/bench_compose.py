@@ -77,6 +77,27 @@ def timeit(fns: dict, reps: int, device: str) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def macs(model: torch.nn.Module, fn) -> int:
+    """Multiply-accumulates of every nn.Linear and nn.Conv2d call (LoRA's A and B included) in ``fn()``.
+    Attention's own products (QK^T, AV) are left out: they are the same with and without LoRA."""
+    total = 0
+
+    def hook(mod, inputs, out):
+        nonlocal total
+        if isinstance(mod, torch.nn.Linear):
+            total += out.numel() * mod.in_features
+        else:
+            total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def run(size: str, n: int, reps: int, device: str) -> dict:
     unet, floor, names, dim, latent = build(size, n, device)
     g = torch.Generator().manual_seed(0)
@@ -114,9 +135,11 @@ def run(size: str, n: int, reps: int, device: str) -> dict:
         ref = sequential()
         diff = (batched() - ref).abs().max().item()
         diff_stacked = (stacked() - ref).abs().max().item()
+        lora_macs, floor_macs = macs(unet, sequential), macs(floor, plain)
         t = timeit({"batched": batched, "stacked": stacked, "sequential": sequential, "floor": plain}, reps, device)
     params = sum(p.numel() for p in floor.parameters())
-    return dict(size=size, params=params, latent=latent, n=n, batch=2 * v, **t, diff=max(diff, diff_stacked))
+    return dict(size=size, params=params, latent=latent, n=n, batch=2 * v, **t, diff=max(diff, diff_stacked),
+                macs_ratio=lora_macs / floor_macs)
 
 
 def main() -> None:
@@ -136,11 +159,12 @@ def main() -> None:
             rows.append(r)
             print(r, flush=True)
     head = ("| UNet | params | latents | N | batch | stacked s/step | PEFT mixed s/step | sequential s/step | floor s/step | "
-            "stacked/floor | PEFT mixed/floor | sequential/stacked | max abs diff |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "stacked/floor | PEFT mixed/floor | sequential/stacked | MACs with LoRA / floor | max abs diff |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head] + [
         f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['latent']}x{r['latent']} | {r['n']} | {r['batch']} | {r['stacked']:.4f} | "
         f"{r['batched']:.4f} | {r['sequential']:.4f} | {r['floor']:.4f} | {r['stacked'] / r['floor']:.3f} | "
-        f"{r['batched'] / r['floor']:.3f} | {r['sequential'] / r['stacked']:.2f} | {r['diff']:.1e} |"
+        f"{r['batched'] / r['floor']:.3f} | {r['sequential'] / r['stacked']:.2f} | {r['macs_ratio']:.3f} | {r['diff']:.1e} |"
         for r in rows
     ]
     env = f"device={a.device}, threads={a.threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}, median of {a.reps} interleaved rounds after 1 warm-up"
