@@ -21,6 +21,7 @@ import torch
 from composer import math as cm
 from composer.denoiser import BASE, MultiLoraDenoiser, installed
 from composer.loras import LoadedLora
+from composer.params import LoratorioParams
 from composer.relevance import ProbeScores, probe_scores
 
 
@@ -75,7 +76,7 @@ class _StopAfter:
 
 def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: int, steps: int, seed: int,
               cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
-              p: int = 2, tau: float = 0.05, top_k: int | None = None) -> ProbeRun:
+              p: int = LoratorioParams.p, tau: float = LoratorioParams.tau, top_k: int | None = None) -> ProbeRun:
     """Run the first ``probe_steps`` of ``steps`` (same schedule and seed as the composition)
     with every LoRA of ``loras`` and score each one (``composer`` is a ``composer.api.Composer``)."""
     if not loras:
