@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,22 +38,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
+    from bench_toyworld_selection import toyworld_setup
     from composer import Job
-    from composer.auto import AutoComposer
-    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir, builtin_pipeline_dir
-    from loraregistry.cli.compose import _quiet_libraries
-    from registry.api import Registry
-    from toyworld.captions import task_for, task_skill_sets
+    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir
     from toyworld.detect import task_succeeds
 
-    _quiet_libraries()
-    tmp = tempfile.mkdtemp()
-    reg = Registry.open(f"sqlite:///{tmp}/toy.db")
-    reg.ingest(str(builtin_dump_dir()))
-    ac = AutoComposer.from_pretrained(str(builtin_pipeline_dir()), reg, device="cpu")
+    ac, tasks = toyworld_setup()
     dump = builtin_dump_dir()
     kw = dict(steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
-    tasks = [task_for(s, np.random.default_rng([7, i])) for i, s in enumerate(task_skill_sets(2))]
     ac.compose(tasks[0].prompt, seed=0, **kw)  # warm-up: LoRA files read and cached, first-call costs paid
     rows = []
     t0 = time.time()

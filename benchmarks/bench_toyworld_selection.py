@@ -29,6 +29,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def toyworld_setup():
+    """An AutoComposer on the built-in ToyWorld pipeline with a fresh registry of its dump, and
+    the 25 two-skill tasks of SPEC (one seeded scene each)."""
+    from composer.auto import AutoComposer
+    from loraregistry.builtin import builtin_dump_dir, builtin_pipeline_dir
+    from loraregistry.cli.compose import _quiet_libraries
+    from registry.api import Registry
+    from toyworld.captions import task_for, task_skill_sets
+
+    _quiet_libraries()
+    reg = Registry.open(f"sqlite:///{tempfile.mkdtemp()}/toy.db")
+    reg.ingest(str(builtin_dump_dir()))
+    ac = AutoComposer.from_pretrained(str(builtin_pipeline_dir()), reg, device="cpu")
+    return ac, [task_for(s, np.random.default_rng([7, i])) for i, s in enumerate(task_skill_sets(2))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=2)
@@ -39,20 +55,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
-    from composer.auto import AutoComposer
     from composer.relevance import combine_scores, prune
-    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir, builtin_pipeline_dir
-    from loraregistry.cli.compose import _quiet_libraries
-    from registry.api import Registry
-    from toyworld.captions import task_for, task_skill_sets
+    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
 
-    _quiet_libraries()
-    tmp = tempfile.mkdtemp()
-    reg = Registry.open(f"sqlite:///{tmp}/toy.db")
-    reg.ingest(str(builtin_dump_dir()))
-    ac = AutoComposer.from_pretrained(str(builtin_pipeline_dir()), reg, device="cpu")
+    ac, tasks = toyworld_setup()
     ps = [int(x) for x in args.probe_steps.split(",")]
-    tasks = [task_for(s, np.random.default_rng([7, i])) for i, s in enumerate(task_skill_sets(2))]
     runs = []  # (P, wanted, names, retrieval scores, probe scores)
     t0 = time.time()
     for P in ps:

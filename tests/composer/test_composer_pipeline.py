@@ -26,14 +26,19 @@ def test_wrapper_passes_for_the_unet(sd1_composer):
     assert np.abs(_img(r) - np.asarray(stock).astype(np.float64)).max() == 0
 
 
-def test_batched_equals_per_adapter_forwards(sd1_composer, sd1_loras):
-    """One mixed-adapter UNet call == each adapter's own forward (float32, max abs diff < 1e-4)."""
-    c = sd1_composer
+def _install_four(c, sd1_loras):
+    """The four formats as active adapters with weights 0.8, 1.0, 0.6, 1.2."""
     loaded = c.loader.load_all([LoraRef(p, w) for p, w in zip(sd1_loras.values(), (0.8, 1.0, 0.6, 1.2))])
     names = [a.adapter for a in loaded]
     c.pipe.enable_lora()
     c.pipe.set_adapters(names, [a.weight for a in loaded])
-    unet = c.pipe.unet
+    return loaded, names, c.pipe.unet
+
+
+def test_batched_equals_per_adapter_forwards(sd1_composer, sd1_loras):
+    """One mixed-adapter UNet call == each adapter's own forward (float32, max abs diff < 1e-4)."""
+    c = sd1_composer
+    loaded, names, unet = _install_four(c, sd1_loras)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 16, 16, generator=g)
     ehs = torch.randn(1, 77, 32, generator=g)
@@ -62,11 +67,7 @@ def test_stacked_batch_equals_peft_mixed_batch(sd1_composer, sd1_loras):
     from composer.stacked import stacked_adapter_batch
 
     c = sd1_composer
-    loaded = c.loader.load_all([LoraRef(p, w) for p, w in zip(sd1_loras.values(), (0.8, 1.0, 0.6, 1.2))])
-    names = [a.adapter for a in loaded]
-    c.pipe.enable_lora()
-    c.pipe.set_adapters(names, [a.weight for a in loaded])
-    unet = c.pipe.unet
+    loaded, names, unet = _install_four(c, sd1_loras)
     g = torch.Generator().manual_seed(1)
     order = [n for n in [BASE] + names for _ in range(2)]
     x = torch.randn(len(order), 4, 16, 16, generator=g)
