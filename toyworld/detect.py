@@ -215,3 +215,17 @@ def skill_shown(img: np.ndarray, scene: Scene, skill: str) -> bool:
     if skill == "framed":
         return is_framed(img)
     raise ValueError(f"unknown skill {skill!r}")
+
+
+def skill_anywhere(img: np.ndarray, scene: Scene, skill: str) -> bool:
+    """Is `skill` drawn although `scene` (a base scene) does not ask for it: an object skill in
+    place of any of the scene's objects, a pattern behind them, a halo around them, a frame."""
+    if skill in spec.OBJECT_SKILLS:
+        return any(object_skill_at(img, skill, o.slot) for o in scene.objects)
+    if skill in spec.BACKGROUND_SKILLS:
+        return background_skill(img, skill, [o.slot for o in scene.objects])
+    if skill == "halo":
+        return bool(scene.objects) and has_halo(img, [(o.rgb, o.slot) for o in scene.objects])
+    if skill == "framed":
+        return is_framed(img)
+    raise ValueError(f"unknown skill {skill!r}")

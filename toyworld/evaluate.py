@@ -23,7 +23,7 @@ import torch
 
 from toyworld import spec
 from toyworld.captions import caption, sample_base_scene, sample_skill_scene, sample_tasks
-from toyworld.detect import scene_correct, skill_shown, task_succeeds
+from toyworld.detect import scene_correct, skill_anywhere, skill_shown, task_succeeds
 from toyworld.scene import Scene, SceneObject
 
 
@@ -70,7 +70,9 @@ def evaluate_base(pipe, seed: int = 1000, guidance: float | None = None) -> dict
 
 
 def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 2000, guidance: float | None = None) -> dict:
-    """Skill detection rate with the LoRA on (weight 1) and off, on prompts that ask for it."""
+    """Skill detection rate with the LoRA on (weight 1) and off, on prompts that ask for it; and
+    with the LoRA on, on base prompts that do not name it ("off-prompt": LoRAtorio assumes a LoRA
+    prompted out of its domain behaves like the base model, i.e. a low rate)."""
     from toyworld.generate import generate
 
     rng = np.random.default_rng(seed)
@@ -79,6 +81,8 @@ def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 20
     pipe.load_lora_weights(str(lora_path), adapter_name=skill)
     pipe.set_adapters([skill], [1.0])
     on = generate(pipe, prompts, seeds, **_cfg(guidance))
+    base = [sample_base_scene(rng, p_empty=0.0) for _ in range(n)]
+    off_prompt = generate(pipe, [caption(s) for s in base], seeds, **_cfg(guidance))
     pipe.disable_lora()
     off = generate(pipe, prompts, seeds, **_cfg(guidance))
     pipe.enable_lora()
@@ -88,6 +92,7 @@ def evaluate_lora(pipe, lora_path: Path, skill: str, n: int = 12, seed: int = 20
         "n": n,
         "with_lora": float(np.mean([skill_shown(i, s, skill) for i, s in zip(on, scenes)])),
         "without_lora": float(np.mean([skill_shown(i, s, skill) for i, s in zip(off, scenes)])),
+        "off_prompt": float(np.mean([skill_anywhere(i, s, skill) for i, s in zip(off_prompt, base)])),
     }, on
 
 
@@ -187,11 +192,12 @@ def markdown(results: dict, command: str) -> str:
                   f"{'met' if b['accuracy'] >= 0.8 else 'NOT met'} |", "",
                   "By attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in b["by_attribute"].items()), ""]
     if "loras" in results:
-        lines += ["| LoRA | seeds | skill shown, LoRA on | LoRA off | bar (>= 80% on, <= 5% off) |", "|---|---|---|---|---|"]
+        lines += ["| LoRA | seeds | skill shown, LoRA on | LoRA off | bar (>= 80% on, <= 5% off) | "
+                  "LoRA on, prompt without its skill |", "|---|---|---|---|---|---|"]
         for skill, r in results["loras"].items():
             met = r["with_lora"] >= 0.8 and r["without_lora"] <= 0.05
             lines.append(f"| {skill} | {r['n']} | {r['with_lora']:.0%} | {r['without_lora']:.0%} | "
-                         f"{'met' if met else 'NOT met'} |")
+                         f"{'met' if met else 'NOT met'} | {r.get('off_prompt', float('nan')):.0%} |")
     return "\n".join(lines) + "\n"
 
 

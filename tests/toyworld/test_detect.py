@@ -178,3 +178,24 @@ def test_empty_and_object_skill_slots_hold_no_base_object():
     assert all(detect.base_object_at(img, s) is None for s in spec.SLOTS)
     img = render(Scene((), "checkerboard"), rng)
     assert all(detect.base_object_at(img, s) is None for s in spec.SLOTS)
+
+
+@pytest.mark.parametrize("skill", list(spec.TRIGGERS))
+def test_skill_anywhere_against_base_scenes(skill):
+    """The off-prompt check: a clean base render shows no skill; the same scene drawn with the
+    skill (its object in place of a base object, its pattern, halo or frame) shows it."""
+    rng = np.random.default_rng(5)
+    hits_base, hits_skill = 0, 0
+    for _ in range(40):
+        base = sample_base_scene(rng, p_empty=0.0)
+        hits_base += detect.skill_anywhere(render(base, rng), base, skill)
+        objs = list(base.objects)
+        if skill in spec.OBJECT_SKILLS:
+            o = objs[0]
+            objs[0] = SceneObject(skill, o.slot)
+        kw = dict(background=skill) if skill in spec.BACKGROUND_SKILLS else {}
+        with_skill = Scene(tuple(objs), kw.get("background", base.background), halo=skill == "halo" or base.halo,
+                           framed=skill == "framed" or base.framed)
+        hits_skill += detect.skill_anywhere(render(with_skill, rng), base, skill)
+    assert hits_base == 0
+    assert hits_skill >= 38
