@@ -160,7 +160,9 @@ class Composer:
 
     # ------------------------------------------------------------------ prompt encodings
     def _encode(self, prompt: str, negative: str):
-        device = self.pipe._execution_device
+        # The text encoder's device: the pipeline's `_execution_device` walks every module of the
+        # pipeline on each call (diffusers' offloading check), which cost more than the encoding.
+        device = self.pipe.text_encoder.device
         if self.is_sdxl:
             pe, npe, ppe, nppe = self.pipe.encode_prompt(
                 prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
@@ -172,16 +174,37 @@ class Composer:
     def _has_adapters(self) -> bool:
         return bool(getattr(self.loader, "_by_path", None))
 
-    def _branch(self, adapter: str | None, prompt: str, negative: str, active: list[LoadedLora] | None) -> Branch:
-        """Encode the prompt with exactly ``active`` text-encoder adapters on (None/[]: base text encoder)."""
+    def _branch(self, adapter: str | None, prompt: str, negative: str, active: list[LoadedLora] | None,
+                encodings: dict | None = None) -> Branch:
+        """Encode the prompt with exactly ``active`` text-encoder adapters on (None/[]: base text
+        encoder). LoRAs without text-encoder weights do not change the encoding, so branches that
+        differ only in those share one (``encodings``: a cache for one job)."""
+        te_active = [a for a in (active or []) if a.text_encoder]
+        key = (prompt, negative, tuple((a.adapter, a.weight) for a in te_active))
+        if encodings is not None and key in encodings:
+            return Branch(adapter, *encodings[key])
         if self._has_adapters():
-            if active:
-                self.pipe.enable_lora()
-                self.pipe.set_adapters([a.adapter for a in active], [a.weight for a in active])
+            self._set_text_encoder_adapters(te_active)
+        enc = self._encode(prompt, negative)
+        if encodings is not None:
+            encodings[key] = enc
+        return Branch(adapter, *enc)
+
+    def _set_text_encoder_adapters(self, active: list[LoadedLora]) -> None:
+        """Only the text encoders: the UNet's adapters are set once per job, not per branch."""
+        from diffusers.loaders.lora_base import (  # noqa: PLC0415
+            disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder)
+
+        for name in ("text_encoder", "text_encoder_2"):
+            te = getattr(self.pipe, name, None)
+            if te is None or not getattr(te, "peft_config", None):
+                continue
+            mine = [a for a in active if a.adapter in te.peft_config]
+            if mine:
+                enable_lora_for_text_encoder(te)
+                set_adapters_for_text_encoder([a.adapter for a in mine], te, [a.weight for a in mine])
             else:
-                self.pipe.disable_lora()
-        pe, npe, ppe, nppe = self._encode(prompt, negative)
-        return Branch(adapter, pe, npe, ppe, nppe)
+                disable_lora_for_text_encoder(te)
 
     # ------------------------------------------------------------------ run
     def prepare(self, job: Job) -> tuple[str, list[LoadedLora]]:
@@ -207,18 +230,19 @@ class Composer:
         weights = [a.weight for a in loras]
         neg = job.negative_prompt
         switch = None
+        enc: dict = {}  # prompt encodings shared by branches whose LoRAs have no text-encoder part
         if job.method == "base":
-            branches, combine = [self._branch(BASE if self._has_adapters() else None, prompt, neg, None)], combine_single
+            branches, combine = [self._branch(BASE if self._has_adapters() else None, prompt, neg, None, enc)], combine_single
             if branches[0].adapter is None:
                 pass
         elif job.method == "merge":
-            branches, combine = [self._branch(None, prompt, neg, loras)], combine_single
+            branches, combine = [self._branch(None, prompt, neg, loras, enc)], combine_single
         elif job.method == "switch":
-            branches, combine = [self._branch(None, prompt, neg, [a]) for a in loras], combine_single
+            branches, combine = [self._branch(None, prompt, neg, [a], enc) for a in loras], combine_single
         elif job.method == "composite":
-            branches, combine = [self._branch(a.adapter, prompt, neg, [a]) for a in loras], combine_mean
+            branches, combine = [self._branch(a.adapter, prompt, neg, [a], enc) for a in loras], combine_mean
         else:
-            branches = [self._branch(BASE, prompt, neg, None)] + [self._branch(a.adapter, prompt, neg, [a]) for a in loras]
+            branches = [self._branch(BASE, prompt, neg, None, enc)] + [self._branch(a.adapter, prompt, neg, [a], enc) for a in loras]
             combine = LoratorioCombine(job.params.p, job.params.tau, job.params.lam, job.params.k, job.params.equalise)
         # Adapter state for denoising: scales for every LoRA of the job (mixed batches read them).
         if loras:

@@ -85,8 +85,9 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: in
         raise ValueError(f"probe steps must be between 1 and the {steps} denoising steps, got {probe_steps}")
     t0 = time.perf_counter()
     pipe = composer.pipe
-    branches = [composer._branch(BASE, prompt, negative_prompt, None)]
-    branches += [composer._branch(a.adapter, prompt, negative_prompt, [a]) for a in loras]
+    enc: dict = {}
+    branches = [composer._branch(BASE, prompt, negative_prompt, None, enc)]
+    branches += [composer._branch(a.adapter, prompt, negative_prompt, [a], enc) for a in loras]
     pipe.enable_lora()
     pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
     combine = ProbeCombine(p, tau, top_k)

@@ -181,3 +181,24 @@ def test_sdxl_e2e_two_and_three_formats(sdxl_composer, sdxl_loras, sd1_loras, tm
     assert "Sampler: Euler" in Image.open(tmp_path / "xl.png").text["parameters"]
     with pytest.raises(LoraError, match="refused"):
         sdxl_composer.run(Job("x", loras=[sd1_loras["peft"]], **kw))
+
+
+def test_branch_encodings_follow_text_encoder_parts(sd1_composer, sd1_loras):
+    """A LoRA's text-encoder part shapes its own branch's prompt encoding (as the pipeline's own
+    set_adapters would); a LoRA without one shares the base encoding instead of recomputing it."""
+    c = sd1_composer
+    with_te, without = c.loader.load_all([LoraRef(sd1_loras["kohya"], 0.8), LoraRef(sd1_loras["peft"], 1.0)])
+    assert with_te.text_encoder and not without.text_encoder
+    enc: dict = {}
+    base = c._branch(BASE, "a red cube", "", None, enc)
+    te = c._branch(with_te.adapter, "a red cube", "", [with_te], enc)
+    plain = c._branch(without.adapter, "a red cube", "", [without], enc)
+    assert plain.cond is base.cond and len(enc) == 2
+    assert (te.cond - base.cond).abs().max() > 1e-4
+    with torch.no_grad():
+        c.pipe.enable_lora()
+        c.pipe.set_adapters([with_te.adapter], [0.8])
+        assert torch.allclose(te.cond, c._encode("a red cube", "")[0])
+        c.pipe.disable_lora()
+        assert torch.allclose(base.cond, c._encode("a red cube", "")[0])
+        c.pipe.enable_lora()
