@@ -353,7 +353,7 @@ def sweep(args, pipeline: str) -> None:
             for n in (2, 3):
                 rs = [r for r in rows if r["n"] == n]
                 cells.append(_rates(rs) if rs else (float("nan"), float("nan")))
-            lines.append(f"| {stage} | {g['p']} | {g['tau']} | {g['lam']} | {g['equalise']} | {g['k'] or 'all'} | "
+            lines.append(f"| {stage} | {g['p']} | {g['tau']} | {g['lam']} | {g['equalise']} | {'N' if g['k'] == 0 else g['k'] or 'all'} | "
                          f"{cells[0][0]:.0%} | {cells[1][0]:.0%} | {cells[0][1]:.0%} | {cells[1][1]:.0%} |")
         if chosen:
             lines += ["", "Best by success + skills shown (both N): " + ", ".join(f"{k}={v}" for k, v in chosen.items())]
