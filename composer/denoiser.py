@@ -7,10 +7,12 @@ every *branch* (base model, LoRA 1..N, each conditional and unconditional, each 
 prompt encoding) as ONE batched UNet call with a per-sample adapter, then a ``combine`` rule
 returns ``[eps_u, eps_c]`` so that the pipeline's ordinary CFG yields the composed prediction.
 
-Per-sample adapters use PEFT's mixed-adapter batches: ``LoraLayer.forward(x, adapter_names=...)``.
-diffusers' UNet does not pass ``adapter_names`` down, so :func:`mixed_adapter_batch` installs a
-forward pre-hook on every PEFT layer that injects it (the same mechanism PEFT's own
-``PeftModel._enable_peft_forward_hooks`` uses).
+Per-sample adapters: the batch is laid out branch by branch, so every adapter's samples are one
+run, and :mod:`composer.stacked` serves each LoRA layer with one batched low-rank product. Where
+it cannot (uneven runs, DoRA, LoRA biases), PEFT's mixed-adapter batch does:
+``LoraLayer.forward(x, adapter_names=...)``. diffusers' UNet does not pass ``adapter_names``
+down, so :func:`mixed_adapter_batch` installs a forward pre-hook on every PEFT layer that injects
+it (the same mechanism PEFT's own ``PeftModel._enable_peft_forward_hooks`` uses).
 """
 from __future__ import annotations
 
