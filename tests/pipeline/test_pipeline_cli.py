@@ -25,6 +25,17 @@ def test_compose_picks_its_own_loras(sd1_dir, registry, tmp_path):
     assert "LoRA selection: retrieval" in params and "Candidates:" in params
 
 
+def test_compose_reuse_probe_flag(sd1_dir, registry, dump, tmp_path):
+    out = tmp_path / "reuse.png"
+    r = CliRunner().invoke(cli, ["--db", registry.url, "compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"],
+                                 "--pool", dump["stripes"], "--keep", "2", "--threshold", "0", "--reuse-probe",
+                                 "--out", str(out), "--json", *SMALL])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    assert rep["replayed_steps"] == 1 and rep["unet_calls"] == 2  # 3 steps, the probe's 1 replayed
+    assert "Probe steps re-used: 1" in Image.open(out).text["parameters"]
+
+
 def test_compose_pool_and_human_output(sd1_dir, registry, dump, tmp_path):
     out = tmp_path / "pool.png"
     r = CliRunner().invoke(cli, ["--db", registry.url, "compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"],
