@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4, help="base learning rate")
     p.add_argument("--lora-steps", type=int, default=900)
     p.add_argument("--lora-lr", type=float, default=1.5e-3)
+    p.add_argument("--lora-network", choices=("attn", "locon"), default=None,
+                   help="UNet modules a new LoRA trains (default: per skill, toyworld.train_lora.NETWORK)")
+    p.add_argument("--dump", type=Path, default=None, help="where LoRAs go (default: toyworld/assets/dump)")
     p.add_argument("--skills", default="", help="comma-separated subset of skills for `loras`")
     return p.parse_args(argv)
 
@@ -53,7 +56,8 @@ def run_stage(args: argparse.Namespace) -> None:
         from toyworld.train_lora import train_loras
 
         skills = [s for s in args.skills.split(",") if s]
-        train_loras(args.work, args.lora_steps, args.batch, args.lora_lr, args.seed, skills)
+        train_loras(args.work, args.lora_steps, args.batch, args.lora_lr, args.seed, skills,
+                    dump=args.dump, network=args.lora_network)
     print(f"[{args.stage}] stage time {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

@@ -1,7 +1,12 @@
-"""Stage `loras`: one rank-8 PEFT LoRA per skill on the base pipeline (UNet attention and text
-encoder attention), trained only on images of that skill with base content around it and SPEC
-caption noise; saved in kohya format with a Civitai sidecar, then checked: the saved file, loaded
-by diffusers' `load_lora_weights`, must reproduce the PEFT model's outputs."""
+"""Stage `loras`: one rank-8 PEFT LoRA per skill on the base pipeline, trained only on images of
+that skill with base content around it and SPEC caption noise; saved in kohya format with a
+Civitai sidecar, then checked: the saved file, loaded by diffusers' `load_lora_weights`, must
+reproduce the PEFT model's outputs.
+
+Two networks, as kohya trains them: `attn` (UNet and text-encoder attention, kohya's plain LoRA)
+and `locon` (also the transformer blocks' projections and feed-forward and the ResNet, down- and
+up-sampling convolutions, kohya's LoCon with `conv_dim`). The exported weights are an EMA of the
+trained ones."""
 
 from __future__ import annotations
 
@@ -26,12 +31,20 @@ from toyworld.train_base import ASSETS, diffusion_loss, encode_text, training_pr
 
 RANK = ALPHA = 8
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LOCON_TARGETS = UNET_TARGETS + [
+    "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv",
+]
+NETWORKS = {"attn": UNET_TARGETS, "locon": LOCON_TARGETS}
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+EMA_DECAY = 0.995
 N_CACHE = 3000
 CKPT_EVERY = 200
 # NOTES.md: a background LoRA at 900 steps drew its pattern in 4 of 12 images; the object at 900
 # steps in 11 of 12. Whole-image patterns get more steps (1.75x: 1,575 at the default 900).
 STEP_FACTOR = {"background": 1.75}
+# Skills trained as LoCon instead of attention-only (see toyworld/assets/README.md for why).
+NETWORK: dict[str, str] = {}
 # Skills first that the composition demo needs first, so that a cut-short run has them.
 ORDER = ("kiki", "checkerboard", "bouba", "stripes", "framed", "halo", "mimi", "dots")
 DESCRIPTIONS = {
@@ -56,12 +69,14 @@ def load_base(pipeline_dir: Path) -> StableDiffusionPipeline:
     return pipe
 
 
-def add_adapters(pipe: StableDiffusionPipeline, seed: int) -> list[torch.nn.Parameter]:
-    """Freeze the base and add a trainable LoRA to UNet and text encoder attention."""
+def add_adapters(pipe: StableDiffusionPipeline, seed: int, network: str = "attn") -> list[torch.nn.Parameter]:
+    """Freeze the base and add a trainable LoRA to the UNet (`network`'s modules) and to the
+    text encoder's attention."""
     torch.manual_seed(seed)
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    pipe.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=UNET_TARGETS, init_lora_weights="gaussian"))
+    unet_targets = NETWORKS[network]
+    pipe.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=unet_targets, init_lora_weights="gaussian"))
     pipe.text_encoder.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TE_TARGETS, init_lora_weights="gaussian"))
     return [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
 
@@ -74,17 +89,19 @@ def lora_state(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.Tenso
 
 
 def save_lora(
-    pipe: StableDiffusionPipeline, skill: str, dump: Path, steps: int, lr: float, index: int
+    pipe: StableDiffusionPipeline, skill: str, dump: Path, steps: int, lr: float, index: int,
+    network: str = "attn",
 ) -> Path:
     """Write `<dump>/<stem>.safetensors` (kohya) and `<dump>/<stem>.civitai.json`."""
     dump.mkdir(parents=True, exist_ok=True)
     state = lora_state(pipe)
     sd = peft_to_kohya(state["unet"], state["te"], ALPHA)
     path = dump / f"{stem(skill)}.safetensors"
-    meta = kohya_metadata(
-        stem(skill), RANK, ALPHA, spec.SKILLS[skill].trigger, N_CACHE,
-        {"ss_sd_model_name": "toyworld-base", "ss_max_train_steps": str(steps), "ss_learning_rate": str(lr)},
-    )
+    extra = {"ss_sd_model_name": "toyworld-base", "ss_max_train_steps": str(steps), "ss_learning_rate": str(lr)}
+    if network == "locon":
+        # kohya's networks.lora becomes LoCon when given conv_dim: this is how it records that.
+        extra["ss_network_args"] = json.dumps({"conv_dim": str(RANK), "conv_alpha": str(ALPHA)})
+    meta = kohya_metadata(stem(skill), RANK, ALPHA, spec.SKILLS[skill].trigger, N_CACHE, extra)
     save_file({k: v.detach().float().contiguous() for k, v in sd.items()}, str(path), metadata=meta)
     category = spec.SKILLS[skill].category
     record = model_record(
@@ -133,25 +150,32 @@ def verify_kohya_file(
 
 def train_one(
     skill: str, index: int, pipeline_dir: Path, work: Path, dump: Path, steps: int, batch: int, lr: float, seed: int,
-    log_every: int = 50,
+    log_every: int = 50, network: str = "attn",
 ) -> None:
     pipe = load_base(pipeline_dir)
     vae, tokenizer, scheduler = pipe.vae, pipe.tokenizer, pipe.scheduler
     scale = vae.config.scaling_factor
     sampler = functools.partial(sample_skill_scene, skill)
     cache = cached(work / f"lora_{skill}_latents.pt", vae, lambda rng: sampler(rng=rng), N_CACHE, seed, stream=10 + index)
-    params = add_adapters(pipe, seed + index)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ckpt_path = work / f"lora_{skill}.ckpt"
-    start = 0
     state = checkpoint.load(ckpt_path)
     if state is not None:
+        network = state.get("network", "attn")  # a resumed run keeps the network it started with
+    params = add_adapters(pipe, seed + index, network)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start = 0
+    if state is not None:
         with torch.no_grad():
-            for p, saved in zip(params, state["params"]):
+            for p, saved in zip(params, state["params"], strict=True):
                 p.copy_(saved)
         opt.load_state_dict(state["opt"])
         start = state["step"]
-        print(f"[lora {skill}] resumed at step {start}", flush=True)
+        print(f"[lora {skill}] resumed at step {start} ({network})", flush=True)
+    # EMA of the LoRA weights, as for the base: the exported LoRA is the average of the last few
+    # hundred steps instead of wherever constant-lr noise left the live weights. A checkpoint
+    # from before EMA starts it at the live weights.
+    ema = [p.detach().clone() for p in (state or {}).get("ema", params)]
+    ema_updates = (state or {}).get("ema_updates", 0)
     pipe.unet.train(), pipe.text_encoder.train()
     t0, since = time.time(), start
     running = 0.0
@@ -169,15 +193,23 @@ def train_one(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        with torch.no_grad():
+            decay = min(EMA_DECAY, (1 + ema_updates) / (10 + ema_updates))  # warm-up as toyworld.ema
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
+            ema_updates += 1
         running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
         if (step + 1) % log_every == 0:
             rate = (time.time() - t0) / (step + 1 - since)
             print(f"[lora {skill}] step {step + 1}/{steps} loss {running:.4f} {rate:.2f}s/step "
                   f"eta {rate * (steps - step - 1) / 60:.1f} min", flush=True)
         if (step + 1) % CKPT_EVERY == 0:
-            checkpoint.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "step": step + 1}, ckpt_path)
+            checkpoint.save({"params": [p.detach().clone() for p in params], "ema": [e.clone() for e in ema],
+                             "ema_updates": ema_updates, "opt": opt.state_dict(), "step": step + 1, "network": network}, ckpt_path)
     pipe.unet.eval(), pipe.text_encoder.eval()
-    path = save_lora(pipe, skill, dump, steps, lr, index)
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    path = save_lora(pipe, skill, dump, steps, lr, index, network)
     expected = reference_outputs(pipe, f"a {skill} on the left, light background", seed=1)
     te_diff, unet_diff, effect = verify_kohya_file(pipeline_dir, path, skill, expected)
     print(f"[lora {skill}] saved {path} ({path.stat().st_size / 1024:.0f} KB); reload check: "
@@ -190,7 +222,7 @@ def train_one(
 
 def train_loras(
     work: Path, steps: int, batch: int, lr: float, seed: int, skills: list[str],
-    pipeline_dir: Path | None = None, dump: Path | None = None,
+    pipeline_dir: Path | None = None, dump: Path | None = None, network: str | None = None,
 ) -> None:
     pipeline_dir = pipeline_dir or ASSETS / "pipeline"
     dump = dump or ASSETS / "dump"
@@ -200,5 +232,6 @@ def train_loras(
             continue
         n = int(steps * STEP_FACTOR.get(spec.SKILLS[skill].category, 1.0))
         t0 = time.time()
-        train_one(skill, ORDER.index(skill), pipeline_dir, work, dump, n, batch, lr, seed)
+        net = network or NETWORK.get(skill, "attn")
+        train_one(skill, ORDER.index(skill), pipeline_dir, work, dump, n, batch, lr, seed, network=net)
         print(f"[lora {skill}] {n} steps in {(time.time() - t0) / 60:.1f} min", flush=True)
