@@ -33,10 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=11000, help="base UNet steps")
     p.add_argument("--lr", type=float, default=5e-4, help="base learning rate")
-    p.add_argument("--lora-steps", type=int, default=900)
+    p.add_argument("--lora-steps", type=int, default=None,
+                   help="steps for every LoRA trained (default: per skill, toyworld.train_lora.RECIPE)")
     p.add_argument("--lora-lr", type=float, default=1.5e-3)
     p.add_argument("--lora-network", choices=("attn", "locon"), default=None,
-                   help="UNet modules a new LoRA trains (default: per skill, toyworld.train_lora.NETWORK)")
+                   help="UNet modules a new LoRA trains (default: per skill, toyworld.train_lora.RECIPE)")
     p.add_argument("--dump", type=Path, default=None, help="where LoRAs go (default: toyworld/assets/dump)")
     p.add_argument("--skills", default="", help="comma-separated subset of skills for `loras`")
     return p.parse_args(argv)
