@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
@@ -53,14 +52,10 @@ RECIPE: dict[str, tuple[str, int]] = {
     "framed": ("attn", 900),
     "stripes": ("attn", 1575),
     "checkerboard": ("locon", 2100),
-    "halo": ("locon", 1200),
+    "halo": ("locon", 1800),
     "bouba": ("locon", 1000),
     "dots": ("locon", 1575),
 }
-# Training scenes drawn more often, by a phrase of their caption. Attention-only and LoCon halo
-# LoRAs alike drew the white band on the dark background and missed it on the light one, where
-# white (255) is only 95 RGB units from the 200 grey: light scenes get 3x the draws.
-OVERSAMPLE: dict[str, dict[str, float]] = {"halo": {"light background": 3.0}}
 # Skills first that the composition demo needs first, so that a cut-short run has them.
 ORDER = ("kiki", "checkerboard", "bouba", "stripes", "framed", "halo", "mimi", "dots")
 DESCRIPTIONS = {
@@ -164,15 +159,6 @@ def verify_kohya_file(
     )
 
 
-def draw_probabilities(captions: list[str], weights: dict[str, float]) -> np.ndarray | None:
-    """Probability of drawing each cached scene: proportional to the product of the weights of
-    the phrases its caption contains; None (uniform) when no weights are given."""
-    if not weights:
-        return None
-    w = np.array([np.prod([f for phrase, f in weights.items() if phrase in c] or [1.0]) for c in captions])
-    return w / w.sum()
-
-
 def train_one(
     skill: str, index: int, pipeline_dir: Path, work: Path, dump: Path, steps: int, batch: int, lr: float, seed: int,
     log_every: int = 50, network: str = "attn",
@@ -182,7 +168,6 @@ def train_one(
     scale = vae.config.scaling_factor
     sampler = functools.partial(sample_skill_scene, skill)
     cache = cached(work / f"lora_{skill}_latents.pt", vae, lambda rng: sampler(rng=rng), N_CACHE, seed, stream=10 + index)
-    draw_p = draw_probabilities(cache["captions"], OVERSAMPLE.get(skill, {}))
     ckpt_path = work / f"lora_{skill}.ckpt"
     state = checkpoint.load(ckpt_path)
     if state is not None:
@@ -208,7 +193,7 @@ def train_one(
     for step in range(start, steps):
         rng = step_rng(seed, step, stream=100 + index)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        idx = rng.integers(N_CACHE, size=batch) if draw_p is None else rng.choice(N_CACHE, size=batch, p=draw_p)
+        idx = rng.integers(N_CACHE, size=batch)
         latents = sample_latents(cache, idx, scale, gen)
         # No caption dropout: the unconditional branch of CFG should stay the base's.
         prompts = training_prompts([cache["captions"][i] for i in idx], rng, dropout=0.0)

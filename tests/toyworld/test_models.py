@@ -131,15 +131,3 @@ def test_lora_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     state = train_lora.checkpoint.load(tmp_path / "b" / "lora_halo.ckpt")
     assert state["step"] == 4 and state["ema_updates"] == 4 and state["network"] == "locon"
     assert any(not torch.equal(p, e) for p, e in zip(state["params"], state["ema"]))
-
-
-def test_oversampled_training_scenes():
-    """Halo's light-background scenes are drawn 3x as often as dark ones; other skills uniformly."""
-    from toyworld.train_lora import OVERSAMPLE, draw_probabilities
-
-    captions = ["a red circle with halo on the left, light background",
-                "a blue square with halo on the right, dark background"] * 2
-    p = draw_probabilities(captions, OVERSAMPLE["halo"])
-    assert p is not None and p.sum() == pytest.approx(1.0)
-    assert p[0] == pytest.approx(3 * p[1]) and p[2] == pytest.approx(p[0])
-    assert draw_probabilities(captions, OVERSAMPLE.get("kiki", {})) is None
