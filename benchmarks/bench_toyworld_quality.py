@@ -195,9 +195,24 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
             v = [r["shown"][s] for r in rows if r["method"] == m and s in r["shown"]]
             cells.append(f"{np.mean(v):.0%}" if v else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    pairs = rate_table([r for r in rows if r["n"] == 2], lambda r: (r["method"], _categories(r["skills"])))
+    kinds = sorted({k for _, k in pairs})
+    if kinds:
+        lines += ["", "N = 2 by the categories of the two skills (successes / tasks):", "",
+                  "| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for m in methods:
+            cells = [f"{round(pairs[(m, k)][0] * pairs[(m, k)][1])}/{pairs[(m, k)][1]}" if (m, k) in pairs else ""
+                     for k in kinds]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     secs = {m: np.mean([r["seconds"] for r in rows if r["method"] == m]) for m in methods}
     lines += ["", "Seconds per image (one thread): " + ", ".join(f"{m} {secs[m]:.2f}" for m in methods), ""]
     return "\n".join(lines)
+
+
+def _categories(skills: list[str]) -> str:
+    from toyworld import spec
+
+    return " + ".join(sorted(spec.SKILLS[s].category for s in skills))
 
 
 def _cfg() -> float:
