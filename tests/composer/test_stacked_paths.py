@@ -1,0 +1,52 @@
+"""composer.stacked on bare PEFT layers: the in-place accumulation path (contiguous outputs) and
+the copy path (an output it cannot write through a view, here a channels-last convolution) both
+equal PEFT's own per-sample mixed batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+
+from composer.denoiser import BASE, mixed_adapter_batch
+from composer.stacked import stacked_adapter_batch
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.proj = torch.nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.conv(x).permute(0, 2, 3, 1))
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = Net()
+    for name, r in (("a", 2), ("b", 3)):
+        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=2 * r, target_modules=["conv", "proj"]), net, adapter_name=name)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # lora_B starts at zero: make the adapters act
+    return net
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stacked_equals_peft_mixed_batch(channels_last):
+    net = _net()
+    order = [BASE, "a", "a", "b", "b"]
+    x = torch.randn(len(order), 4, 7, 7)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with mixed_adapter_batch(net, order):
+            peft = net(x)
+        with stacked_adapter_batch(net, order) as used:
+            stacked = net(x)
+    assert used == 2
+    if channels_last:  # the conv's output is not contiguous: the copy path served it
+        assert not net.conv.base_layer(x).is_contiguous()
+    assert (stacked - peft).abs().max().item() < 1e-5
+    assert (stacked[1:3] - stacked[3:]).abs().max() > 1e-2  # the two adapters differ
