@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install loraregistry with its test extras. torch is pinned to 2.13.0 (a CPU
-# build) in pyproject.toml: an unpinned torch would pull a multi-GB CUDA build.
+# build) in pyproject.toml: an unpinned torch would pull a multi-GB CUDA build. Every other
+# dependency is held to the tested versions in constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -8,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[test]'
+# constraints.txt: the versions the suite last passed on (see its header).
+python -m pip install -q -c constraints.txt -e '.[test]'
