@@ -61,9 +61,11 @@ def test_batched_equals_per_adapter_forwards(sd1_composer, sd1_loras):
     assert (torch.cat(single[1:]) - single[0]).abs().max() > 1e-3
 
 
-def test_stacked_batch_equals_peft_mixed_batch(sd1_composer, sd1_loras):
-    """The stacked low-rank forward (composer.stacked) == PEFT's mixed batch == each adapter alone,
-    over four formats with different ranks and targets (convs included), two samples per adapter."""
+@pytest.mark.parametrize("budget_mb", [0, 64], ids=["low-rank", "merged"])
+def test_stacked_batch_equals_peft_mixed_batch(sd1_composer, sd1_loras, budget_mb):
+    """The stacked forward (composer.stacked; low-rank products, or per-adapter merged weights for
+    every layer) == PEFT's mixed batch == each adapter alone, over four formats with different
+    ranks and targets (convs included), two samples per adapter."""
     from composer.stacked import stacked_adapter_batch
 
     c = sd1_composer
@@ -75,8 +77,10 @@ def test_stacked_batch_equals_peft_mixed_batch(sd1_composer, sd1_loras):
     with torch.no_grad():
         with mixed_adapter_batch(unet, order):
             peft = unet(x, 500, encoder_hidden_states=ehs).sample
-        with stacked_adapter_batch(unet, order) as used:
+        with stacked_adapter_batch(unet, order, merge_budget_mb=budget_mb) as used:
             stacked = unet(x, 500, encoder_hidden_states=ehs).sample
+        paths = {m.__dict__["_stacked_cache"][0][0] for m in unet.modules() if "_stacked_cache" in m.__dict__}
+        assert paths == {"merged" if budget_mb else "lowrank"}
         assert used > 20  # layers served stacked: every attention projection and conv of the four
         assert not any("forward" in m.__dict__ for m in unet.modules())  # restored
         single = []
