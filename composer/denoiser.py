@@ -144,6 +144,10 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.record = record
         self.stacked = stacked
         self.outputs: list[torch.Tensor] = []
+        # The stacked forward stays installed from one UNet call to the next while the per-sample
+        # adapters are the same: entering it walks every module and stacks every layer's weights,
+        # which on a small UNet cost as much as the LoRA arithmetic of a step. release() ends it.
+        self._held: tuple[tuple[str, ...], contextlib.ExitStack] | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -155,17 +159,36 @@ class MultiLoraDenoiser(torch.nn.Module):
         """Run only these branches from the next step on (used by the switch callback)."""
         self.active = list(indices)
 
+    def release(self) -> None:
+        """Take the stacked forward out of the UNet's layers (the run is over, or the adapters changed)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            held[1].close()
+
+    def _hold_stacked(self, adapters: Sequence[str]) -> bool:
+        """Install the stacked forward for these per-sample adapters unless it already is; False
+        when it cannot serve them (the caller then uses PEFT's mixed batch)."""
+        key = tuple(adapters)
+        if self._held is not None and self._held[0] == key:
+            return True
+        self.release()
+        stack = contextlib.ExitStack()
+        if stack.enter_context(stacked_adapter_batch(self.unet, adapters)):
+            self._held = (key, stack)
+            return True
+        stack.close()
+        return False
+
     def _call_unet(self, sample, timestep, ehs, adapters, added, kwargs):
         self.unet_calls += 1
         self.unet_samples += sample.shape[0]
+        if self.stacked and len(set(adapters)) > 1 and None not in adapters and self._hold_stacked(adapters):
+            return self._unet(sample, timestep, ehs, added, kwargs)
+        self.release()
         if not any(a is not None for a in adapters):
             return self._unet(sample, timestep, ehs, added, kwargs)
         if any(a is None for a in adapters):
             raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")
-        if self.stacked and len(set(adapters)) > 1:
-            with stacked_adapter_batch(self.unet, adapters) as served:
-                if served:
-                    return self._unet(sample, timestep, ehs, added, kwargs)
         with mixed_adapter_batch(self.unet, adapters):
             return self._unet(sample, timestep, ehs, added, kwargs)
 
@@ -253,10 +276,12 @@ class _Output:
 @contextlib.contextmanager
 def installed(pipe, denoiser: MultiLoraDenoiser) -> Iterator[MultiLoraDenoiser]:
     """Swap ``pipe.unet`` for the wrapper for the duration of a call, bypassing the pipeline's
-    config bookkeeping (``DiffusionPipeline.__setattr__`` would record the wrapper's class)."""
+    config bookkeeping (``DiffusionPipeline.__setattr__`` would record the wrapper's class); on
+    the way out, the wrapper's stacked forward is taken out of the UNet again."""
     original = pipe.__dict__["unet"]
     pipe.__dict__["unet"] = denoiser
     try:
         yield denoiser
     finally:
+        denoiser.release()
         pipe.__dict__["unet"] = original

@@ -11,17 +11,17 @@ gather, no scatter). PEFT has no such path, hence this layer-level forward; anyt
 cover (DoRA and other variants, LoRA biases, grouped convs, uneven runs) falls back to PEFT's own
 mixed batch.
 
-Small layers take a second path, *per-adapter merged weights*: each run of samples goes through
-the base weight with that adapter's delta merged in (``W + scale * B @ A``, from PEFT's own
-``get_delta_weight``), a linear layer as ONE ``baddbmm`` over all runs. That is exactly the floor's
-arithmetic (no low-rank products at all) at the price of one weight copy per adapter, which is why
-it is bounded by a memory budget and given to the smallest layers first: there the low-rank
-products cost most relative to the layer (about 2r/d of it) and the copies cost least.
+Measured and dropped: per-adapter merged weights (``W + scale * B @ A`` from PEFT's
+``get_delta_weight``, each run of samples through its own copy; one ``bmm`` per linear layer, one
+convolution per run). It does the floor's arithmetic exactly, but on this CPU it was slower than
+the low-rank products: 1.74x / 1.93x the floor against 1.55x / 1.65x on the tiny UNet (N = 1 / 8),
+1.37x / 1.56x against 1.06x on the 73.5M one (N = 1 / 4), because N + 1 small convolutions cost
+more than one large one plus N rank-8 ones.
 """
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -29,9 +29,6 @@ import torch
 import torch.nn.functional as F
 
 BASE = "__base__"
-# Extra memory the merged-weight path may hold (per-adapter copies of the smallest LoRA layers'
-# weights), in MiB; LORAREGISTRY_MERGE_BUDGET_MB overrides it, 0 turns the path off.
-DEFAULT_MERGE_BUDGET_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[
     """Every adapter's A and scaled B, zero-padded to the largest rank (an adapter that does not
     touch this layer is all zeros): linear ``(N, r, in)``, ``(N, out, r)``; conv2d
     ``(N, r, in, kh, kw)``, ``(N, out, r, 1, 1)``. Cached on the layer until a weight or scale changes."""
-    key = ("lowrank",) + tuple(
+    key = tuple(
         (a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
          layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
         if a in layer.lora_A else (a,)
@@ -119,15 +116,17 @@ def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[
     return a_stack, b_stack
 
 
-def stacked_forward(layer: torch.nn.Module, plan: Layout, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """``base_layer(x)`` plus each adapter's low-rank update on its run of samples, all at once."""
+def stacked_forward(layer: torch.nn.Module, plan: Layout, weights: tuple[torch.Tensor, torch.Tensor],
+                    x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``base_layer(x)`` plus each adapter's low-rank update on its run of samples, all at once
+    (``weights``: :func:`stacked_weights`)."""
     result = layer.base_layer(x, *args, **kwargs)
-    a_w, b_w = stacked_weights(layer, plan.adapters)
+    a_w, b_w = weights
     n, g, off = len(plan.adapters), plan.group, plan.offset
     xs = x[off:].to(a_w.dtype)
     out = result[off:]
     fused = out.dtype == a_w.dtype and out.is_contiguous()
-    if _kind(layer) == "linear":
+    if a_w.dim() == 3:  # linear
         h = torch.bmm(xs.reshape(n, -1, xs.shape[-1]), a_w.transpose(1, 2))
         if fused:
             # B's product accumulates straight into the result (a contiguous batch slice is a view):
@@ -154,75 +153,12 @@ def stacked_forward(layer: torch.nn.Module, plan: Layout, x: torch.Tensor, *args
     return result
 
 
-def _mergeable(layer: torch.nn.Module) -> bool:
-    """The base layer is a plain ``nn.Linear``/``nn.Conv2d`` whose weight the merged path can stack."""
-    base = layer.base_layer
-    if type(base) is torch.nn.Linear:
-        return not getattr(layer, "fan_in_fan_out", False)
-    return type(base) is torch.nn.Conv2d and base.groups == 1
-
-
-def merged_weights(layer: torch.nn.Module, adapters: tuple[str, ...], with_base: bool) -> torch.Tensor:
-    """``(N, *W.shape)``: the base weight with each adapter's delta merged in (PEFT's
-    ``get_delta_weight``: scale included; the base weight alone for an adapter that does not touch
-    this layer), preceded by the base weight itself when ``with_base``. Cached on the layer until a
-    weight or scale changes."""
-    w = layer.base_layer.weight
-    key = ("merged", with_base, w.data_ptr(), w._version) + tuple(
-        (a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
-         layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
-        if a in layer.lora_A else (a,)
-        for a in adapters
-    )
-    cached = layer.__dict__.get("_stacked_cache")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    layer.__dict__.pop("_stacked_cache", None)  # free the old copies before making new ones
-    stack = w.detach().unsqueeze(0).repeat(len(adapters) + with_base, *([1] * w.dim())).contiguous()
-    for i, a in enumerate(adapters, start=int(with_base)):
-        if a in layer.lora_A:
-            stack[i] += layer.get_delta_weight(a).to(w.dtype)
-    layer.__dict__["_stacked_cache"] = (key, stack)
-    return stack
-
-
-def merged_forward(layer: torch.nn.Module, plan: Layout, x: torch.Tensor) -> torch.Tensor:
-    """Each run of samples through its own merged weight: the floor's arithmetic, no LoRA products."""
-    base, n, g, off = layer.base_layer, len(plan.adapters), plan.group, plan.offset
-    with_base = off == g  # the base samples form one more run of the same length
-    w = merged_weights(layer, plan.adapters, with_base)
-    x = x.to(w.dtype)
-    if type(base) is torch.nn.Linear:
-        if with_base:
-            xs, head = x, None
-        else:
-            xs, head = x[off:], (F.linear(x[:off], base.weight, base.bias) if off else None)
-        runs = xs.reshape(w.shape[0], -1, xs.shape[-1])
-        wt = w.transpose(1, 2)
-        y = torch.baddbmm(base.bias.view(1, 1, -1), runs, wt) if base.bias is not None else torch.bmm(runs, wt)
-        y = y.reshape(*xs.shape[:-1], y.shape[-1])
-        return y if head is None else torch.cat([head, y])
-    outs = [] if with_base else ([base(x[:off])] if off else [])
-    starts = range(0, x.shape[0], g) if with_base else range(off, x.shape[0], g)
-    for i, s in enumerate(starts):
-        outs.append(base._conv_forward(x[s:s + g], w[i], base.bias))
-    return torch.cat(outs)
-
-
-def _merged_cost(layer: torch.nn.Module, adapters: tuple[str, ...], offset: int, group: int) -> int:
-    w = layer.base_layer.weight
-    return (len(adapters) + (offset == group)) * w.numel() * w.element_size()
-
-
 @contextlib.contextmanager
-def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str],
-                          merge_budget_mb: float | None = None) -> Iterator[int]:
+def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[int]:
     """Within the block, every plain LoRA linear/conv layer of ``model`` serves the per-sample
-    ``adapter_names`` with :func:`merged_forward` (the smallest layers, while their weight copies
-    fit ``merge_budget_mb``; default $LORAREGISTRY_MERGE_BUDGET_MB or 1024) or
-    :func:`stacked_forward`, and yields how many layers it serves. It yields 0 and changes nothing
-    when the layout is not base-first runs of equal length (the caller then uses PEFT's mixed
-    batch); layers it cannot serve get PEFT's mixed batch."""
+    ``adapter_names`` with :func:`stacked_forward`, and yields how many layers it serves. It
+    yields 0 and changes nothing when the layout is not base-first runs of equal length (the
+    caller then uses PEFT's mixed batch); layers it cannot serve get PEFT's mixed batch."""
     from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
 
     plan = layout_of(adapter_names)
@@ -235,31 +171,17 @@ def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str],
         kwargs["adapter_names"] = names
         return args, kwargs
 
-    if merge_budget_mb is None:
-        merge_budget_mb = float(os.environ.get("LORAREGISTRY_MERGE_BUDGET_MB", DEFAULT_MERGE_BUDGET_MB))
-    patched, handles, servable = [], [], []
+    patched, handles = [], []
     for m in model.modules():
         if not isinstance(m, BaseTunerLayer):
             continue
         if _kind(m) is not None and _eligible(m, plan.adapters) and any(a in m.lora_A for a in plan.adapters):
-            servable.append(m)
+            # The weights are stacked (or taken from the layer's cache) once, here: per call only
+            # the products run.
+            m.forward = functools.partial(stacked_forward, m, plan, stacked_weights(m, plan.adapters))
+            patched.append(m)
         else:
             handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    budget = merge_budget_mb * 2**20
-    mergeable = sorted((m for m in servable if _mergeable(m)), key=lambda m: m.base_layer.weight.numel())
-    merged = set()
-    for m in mergeable:  # smallest first: the most LoRA overhead saved per byte
-        cost = _merged_cost(m, plan.adapters, plan.offset, plan.group)
-        if cost > budget:
-            break
-        budget -= cost
-        merged.add(m)
-    for m in servable:
-        if m in merged:
-            m.forward = lambda x, *a, _m=m, **kw: merged_forward(_m, plan, x)
-        else:
-            m.forward = lambda x, *a, _m=m, **kw: stacked_forward(_m, plan, x, *a, **kw)
-        patched.append(m)
     try:
         yield len(patched)
     finally:
