@@ -126,7 +126,7 @@ class AutoComposer:
         return cls(Composer(pipe, (lambda: registry) if registry is not None else None, cache_bytes=cache_bytes), registry)
 
     @classmethod
-    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype=torch.float32,
+    def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype: torch.dtype | str = "auto",
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "AutoComposer":
         factory = (lambda: registry) if registry is not None else None
         return cls(Composer.from_pretrained(model, factory, device, dtype, cache_bytes), registry)

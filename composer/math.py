@@ -92,10 +92,12 @@ def patch_cosine_similarity(
         eps: floor on the product of norms (an all-zero patch has similarity 0).
 
     Returns:
-        ``(N, B, ceil(H/p), ceil(W/p))`` similarities in [-1, 1].
+        ``(N, B, ceil(H/p), ceil(W/p))`` float32 similarities in [-1, 1].
     """
     _check_stack(eps_stack, eps_ref)
-    ref = eps_ref.unsqueeze(0)
+    # In float32 whatever the model's dtype: in float16 the eps floor underflows to 0 (an all-zero
+    # patch gives 0/0) and 1 - s, which the SoftMin ranks, is below half precision's resolution.
+    eps_stack, ref = eps_stack.float(), eps_ref.float().unsqueeze(0)
     dot = patch_sums((eps_stack * ref).sum(dim=2), p)
     n_stack = patch_sums(eps_stack.square().sum(dim=2), p)
     n_ref = patch_sums(ref.square().sum(dim=2), p)

@@ -76,6 +76,8 @@ def _quiet_libraries() -> None:
               help="LoRAtorio: rescale each LoRA's divergence by its own mean before the SoftMin (ours, not the paper's).")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
+              help="Model precision; auto: float16 on a GPU, float32 on a CPU.")
 @click.option("--pool", "pool", multiple=True, metavar="ID_OR_FILE[:WEIGHT]",
               help="Choose the LoRAs among these (probe + prune, no registry search). Repeatable.")
 @click.option("--candidates", "n_candidates", type=click.IntRange(1), default=16, show_default=True,
@@ -93,8 +95,8 @@ def _quiet_libraries() -> None:
 @json_option
 @pass_cli
 def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
-            weights_map, batch_file, p, tau, lam, k, equalise, switch_every, device, pool, n_candidates, keep, probe_steps,
-            threshold, retrieval_weight, reuse_probe, cache_mb, as_json):
+            weights_map, batch_file, p, tau, lam, k, equalise, switch_every, device, dtype, pool, n_candidates, keep,
+            probe_steps, threshold, retrieval_weight, reuse_probe, cache_mb, as_json):
     """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
 
     LoRAs come from --lora (file paths or registry ids/names) and from A1111 tags in the prompt.
@@ -134,7 +136,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
     auto = not batch_file and method != "base" and (bool(pool) or (not loras and not extract_prompt_loras(prompt)[1]))
     if auto:
         return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-                     LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise), device, pool, n_candidates, keep, probe_steps,
+                     LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise), device, dtype, pool, n_candidates, keep, probe_steps,
                      threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None, reuse_probe)
 
     _quiet_libraries()
@@ -158,7 +160,7 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
             os.makedirs(out, exist_ok=True)
         else:
             jobs = [Job(prompt, loras=[parse_lora_token(t) for t in loras], params=params, **defaults)]
-        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, cache_bytes=cache_mb << 20,
+        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, dtype=dtype, cache_bytes=cache_mb << 20,
                                             name=BUILTIN_NAME if builtin else None)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
@@ -230,7 +232,7 @@ class _DemoContext(CliContext):
 
 
 def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-          params, device, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json,
+          params, device, dtype, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json,
           name: str | None = None, reuse_probe: bool = False) -> None:
     """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
     from composer import Composer
@@ -240,7 +242,7 @@ def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, h
     quiet = as_json or not sys.stderr.isatty()
     try:
         registry = cli_ctx.registry()
-        ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=device,
+        ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, dtype=dtype,
                                                    cache_bytes=cache_mb << 20, name=name), registry)
         with _progress(1, quiet) as bar:
             task = bar.add_task("compose", total=steps)

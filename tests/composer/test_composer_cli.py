@@ -71,3 +71,24 @@ def test_registry_id_resolution(sd1_dir, sd1_loras, tmp_path):
     r = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path}/none.db", "compose", "x", "--model", sd1_dir,
                                  "--lora", "no-such-lora", "--steps", "1", "--device", "cpu"])
     assert r.exit_code == 1 and "Traceback" not in r.output
+
+
+def test_compose_in_half_precision(sd1_dir, sd1_loras, tmp_path):
+    """--dtype bfloat16 (half precision, as float16 is on a GPU; bfloat16 is what a CPU runs):
+    the pipeline and four-format LoRAs load in it, LoRAtorio composes, the report says so, and the
+    image is float32's up to rounding. --dtype auto is float32 on a CPU."""
+    import numpy as np
+
+    images = {}
+    for dtype in ("auto", "bfloat16"):
+        out = tmp_path / f"{dtype}.png"
+        r = CliRunner().invoke(cli, ["compose", "a fox", "--model", sd1_dir, "--lora", sd1_loras["kohya"],
+                                     "--lora", sd1_loras["lokr"], "--lora", sd1_loras["peft"], "--steps", "3",
+                                     "--width", "32", "--height", "32", "--out", str(out), "--json", "--device", "cpu",
+                                     "--dtype", dtype])
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.output[r.output.index("{"):])
+        assert rep["dtype"] == ("float32" if dtype == "auto" else dtype)
+        images[dtype] = np.asarray(Image.open(out)).astype(float)
+    diff = np.abs(images["auto"] - images["bfloat16"])
+    assert diff.mean() < 3 and images["bfloat16"].std() > 1  # close to float32, and not a blank image

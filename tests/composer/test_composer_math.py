@@ -179,3 +179,21 @@ def test_equalise_keeps_equal_and_single_loras_unchanged():
     assert torch.allclose(w_plain, cm.softmin_weights(cm.patch_cosine_similarity(lc, base_c, 2), 0.05))
     _, _, w_eq = cm.loratorio_predictions(base_c, base_u, lc, lu, 2, 0.05, 0.5, equalise=True)
     assert not torch.allclose(w_eq, w_plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_predictions_give_float32_weights(dtype):
+    """A half-precision model (float16 on GPUs) gives the same weights as float32, and an
+    all-zero patch gives similarity 0, not 0/0 (the eps floor underflows in float16)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 4, 6, 6, generator=g)
+    loras = base.unsqueeze(0) + torch.randn(3, 1, 4, 6, 6, generator=g) * torch.tensor([0.05, 0.2, 0.5]).view(3, 1, 1, 1, 1)
+    base[..., 0, 0] = 0.0
+    loras[..., 0, 0] = 0.0
+    s = cm.patch_cosine_similarity(loras.to(dtype), base.to(dtype), 2)
+    assert s.dtype == torch.float32 and torch.isfinite(s).all()
+    w_half = cm.loratorio_weights(base.to(dtype), loras.to(dtype), 1, 0.25)
+    w_full = cm.loratorio_weights(base, loras, 1, 0.25)
+    assert torch.isfinite(w_half).all()
+    assert w_half[:, :, 0, 0].sub(1 / 3).abs().max() < 1e-6  # the zero patch: no preference
+    assert (w_half - w_full).abs().max() < 0.02
