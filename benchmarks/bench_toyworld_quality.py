@@ -176,7 +176,7 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
     lines = [
         "# ToyWorld composition quality",
         "",
-        f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n}`; "
+        f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n} --ns {args.ns}`; "
         f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
         f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
         f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}, equalise={args.equalise}; dynamic: all 8 LoRAs, top-k with k = N.",
@@ -232,6 +232,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--sets-per-n", type=int, default=12, help="skill sets sampled for N = 3 and 4 (all of N = 2)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--ns", default="2,3,4", help="which N to run (e.g. 3,4 with --sets-per-n 40: every set of both)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--p", type=int, default=None)
     ap.add_argument("--tau", type=float, default=None)
@@ -257,7 +258,7 @@ def main() -> None:
     if args.explain:
         print(explain(pipeline, tuple(args.explain.split(",")), args.out / "toyworld_grids"))
         return
-    tasks = build_tasks(args.seeds, args.sets_per_n)
+    tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")))
     params = {"p": args.p, "tau": args.tau, "lam": args.lam, "equalise": args.equalise}
     jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
     rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds)
