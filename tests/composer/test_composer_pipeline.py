@@ -234,3 +234,18 @@ def test_stacked_forward_held_for_the_run_and_taken_out_after(sd1_composer, sd1_
         sd1_composer.run(Job("a cat", loras=loras, steps=4, width=32, height=32, seed=1))
     assert len(entered) == 2
     assert not any("forward" in m.__dict__ for m in unet.modules())
+
+
+def test_sdxl_in_bfloat16(sdxl_dir, sdxl_composer, sdxl_loras):
+    """SDXL in half precision (bfloat16, what this CPU runs; a GPU runs float16): the two text
+    encoders, added_cond_kwargs and three LoRA formats all run in it, and the image is the float32
+    one up to rounding."""
+    from composer import Composer
+
+    half = Composer.from_pretrained(sdxl_dir, device="cpu", dtype="bfloat16")
+    kw = dict(loras=list(sdxl_loras.values()), steps=3, width=32, height=32, seed=7)
+    h = half.run(Job("a lighthouse", **kw))
+    f = sdxl_composer.run(Job("a lighthouse", **kw))
+    assert h.report["dtype"] == "bfloat16" and f.report["dtype"] == "float32"
+    assert half.pipe.unet.dtype == torch.bfloat16
+    assert np.abs(_img(h) - _img(f)).mean() < 3 and _img(h).std() > 1
