@@ -52,7 +52,7 @@ def vocabulary() -> list[str]:
         words.update(phrase.split())
     words.update(spec.COLOURS)
     words.update(spec.SHAPES)
-    words.update(spec.BACKGROUNDS)
+    words.update(spec.BASE_BACKGROUNDS)
     words.update(spec.TRIGGERS)
     words.update(spec.NOISE_VOCAB)
     return sorted(words)
@@ -67,9 +67,16 @@ def random_base_object(slot: str, rng: np.random.Generator) -> SceneObject:
     return SceneObject(_choice(rng, spec.SHAPES), slot, _choice(rng, spec.COLOURS))
 
 
+def sample_base_background(rng: np.random.Generator) -> str:
+    """SPEC v2: half solid (light or dark), half one of the generic patterns, uniformly."""
+    if rng.random() < spec.P_GENERIC_BACKGROUND:
+        return _choice(rng, spec.GENERIC_PATTERNS)
+    return _choice(rng, spec.BACKGROUNDS)
+
+
 def sample_base_scene(rng: np.random.Generator, p_empty: float = 0.1, p_two: float = 0.3) -> Scene:
-    """A scene of the base world: solid background, 0, 1 or 2 base objects."""
-    background = _choice(rng, spec.BACKGROUNDS)
+    """A scene of the base world: a solid or generic background, 0, 1 or 2 base objects."""
+    background = sample_base_background(rng)
     u = rng.random()
     if u < p_empty:
         objects: tuple[SceneObject, ...] = ()

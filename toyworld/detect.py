@@ -2,7 +2,7 @@
 
 Skills: `object_skill_at`, `background_skill`, `has_halo`, `is_framed`, and `task_succeeds`
 (SPEC's success rule). Base attributes, for evaluating the base model: `base_object_at`,
-`solid_background`, and `scene_correct`.
+`base_background` (solid or a v2 generic pattern), and `scene_correct`.
 
 Where SPEC leaves a choice open, the choice is written down here:
 - the 5x5 corner blocks must each hold under 20% matching pixels (not their average);
@@ -86,7 +86,7 @@ def _outside(object_slots) -> np.ndarray:
 def background_skill(img: np.ndarray, skill: str, object_slots) -> bool:
     """SPEC: outside the boxes of the slots that hold objects, the pattern's two colours cover
     >= 70%, and for some shift of up to 2 px each colour matches >= 60% of where it belongs."""
-    first, second = spec.PATTERN_COLOURS[skill]
+    first, second = spec.PATTERNS[skill]
     outside = _outside(object_slots)
     m1, m2 = colour_match(img, first) & outside, colour_match(img, second) & outside
     if (m1 | m2).sum() < spec.BACKGROUND_MIN_COVER * outside.sum():
@@ -108,6 +108,13 @@ def solid_background(img: np.ndarray, name: str, object_slots) -> bool:
     """Base background: its colour matches >= 70% of the pixels outside the object boxes."""
     outside = _outside(object_slots)
     return bool((colour_match(img, spec.BACKGROUNDS[name]) & outside).sum() >= spec.BACKGROUND_MIN_COVER * outside.sum())
+
+
+def base_background(img: np.ndarray, name: str, object_slots) -> bool:
+    """A base-world background (v2: solid, or a generic pattern tested as a background skill is)."""
+    if name in spec.GENERIC_PATTERNS:
+        return background_skill(img, name, object_slots)
+    return solid_background(img, name, object_slots)
 
 
 def has_halo(img: np.ndarray, objects: list[tuple[spec.RGB, str]]) -> bool:
@@ -177,7 +184,7 @@ def scene_correct(img: np.ndarray, scene: Scene) -> dict[str, bool]:
     """Base-model check of a base-world scene: background, every object's colour and shape at
     its slot, nothing at the other slots. `all` is the conjunction."""
     slots = [o.slot for o in scene.objects]
-    out = {"background": solid_background(img, scene.background, slots)}
+    out = {"background": base_background(img, scene.background, slots)}
     for o in scene.objects:
         found = base_object_at(img, o.slot)
         out[f"{o.slot}_colour"] = found is not None and found[0] == o.colour

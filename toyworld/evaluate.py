@@ -28,19 +28,21 @@ from toyworld.scene import Scene, SceneObject
 
 
 def base_scenes(seed: int = 0) -> list[Scene]:
-    """Every one-object scene (2 backgrounds x 3 slots x 3 shapes x 4 colours = 72), 24 random
-    two-object scenes and the 4 empty ones (each background twice)."""
+    """Every one-object scene on a solid background (2 backgrounds x 3 slots x 3 shapes x 4
+    colours = 72), 36 one-object scenes on the v2 generic patterns (each pattern, slot and colour
+    once, shapes in turn), 24 random two-object scenes and one empty scene per background."""
     one = [
         Scene((SceneObject(shape, slot, colour),), bg)
         for bg, slot, shape, colour in itertools.product(spec.BACKGROUNDS, spec.SLOTS, spec.SHAPES, spec.COLOURS)
     ]
+    generic = [
+        Scene((SceneObject(spec.SHAPES[k % len(spec.SHAPES)], slot, colour),), bg)
+        for k, (bg, slot, colour) in enumerate(itertools.product(spec.GENERIC_PATTERNS, spec.SLOTS, spec.COLOURS))
+    ]
     rng = np.random.default_rng(seed)
-    two = []
-    while len(two) < 24:
-        s = sample_base_scene(rng, p_empty=0.0, p_two=1.0)
-        two.append(s)
-    empty = [Scene((), bg) for bg in spec.BACKGROUNDS] * 2
-    return one + two + empty
+    two = [sample_base_scene(rng, p_empty=0.0, p_two=1.0) for _ in range(24)]
+    empty = [Scene((), bg) for bg in spec.BASE_BACKGROUNDS]
+    return one + generic + two + empty
 
 
 def _cfg(guidance: float | None) -> dict:
@@ -55,7 +57,9 @@ def evaluate_base(pipe, seed: int = 1000, guidance: float | None = None) -> dict
     rows = [scene_correct(img, s) for img, s in zip(images, scenes)]
     kinds = {"one": [r for r, s in zip(rows, scenes) if len(s.objects) == 1],
              "two": [r for r, s in zip(rows, scenes) if len(s.objects) == 2],
-             "empty": [r for r, s in zip(rows, scenes) if not s.objects]}
+             "empty": [r for r, s in zip(rows, scenes) if not s.objects],
+             "solid_background": [r for r, s in zip(rows, scenes) if s.background in spec.BACKGROUNDS],
+             "generic_background": [r for r, s in zip(rows, scenes) if s.background in spec.GENERIC_PATTERNS]}
     attrs = {}
     for r in rows:
         for k, v in r.items():
@@ -112,6 +116,10 @@ def evaluate_vae(vae, n: int = 40, seed: int = 3000) -> dict:
         scenes = [sample_skill_scene(skill, rng) for _ in range(n)]
         rec = recon(np.stack([render(s, rng) for s in scenes]))
         out[skill] = float(np.mean([skill_shown(i, s, skill) for i, s in zip(rec, scenes)]))
+    for name in spec.GENERIC_PATTERNS:
+        scenes = [Scene(sample_base_scene(rng).objects, name) for _ in range(n)]
+        rec = recon(np.stack([render(s, rng) for s in scenes]))
+        out[f"base_{name}"] = float(np.mean([scene_correct(i, s)["all"] for i, s in zip(rec, scenes)]))
     scenes = [sample_base_scene(rng) for _ in range(n)]
     rec = recon(np.stack([render(s, rng) for s in scenes]))
     out["base_scene"] = float(np.mean([scene_correct(i, s)["all"] for i, s in zip(rec, scenes)]))
@@ -190,6 +198,8 @@ def markdown(results: dict, command: str) -> str:
                   f"| EMA UNet + text encoder | {b['n']} | **{b['accuracy']:.0%}** | {b['by_kind']['one']:.0%} | "
                   f"{b['by_kind']['two']:.0%} | {b['by_kind']['empty']:.0%} | >= 80%: "
                   f"{'met' if b['accuracy'] >= 0.8 else 'NOT met'} |", "",
+                  f"Solid backgrounds {b['by_kind']['solid_background']:.0%}, generic patterns (SPEC v2) "
+                  f"{b['by_kind']['generic_background']:.0%}.", "",
                   "By attribute: " + ", ".join(f"{k} {v:.0%}" for k, v in b["by_attribute"].items()), ""]
     if "loras" in results:
         lines += ["| LoRA | seeds | skill shown, LoRA on | LoRA off | bar (>= 80% on, <= 5% off) | "

@@ -42,21 +42,31 @@ def nominal_area(kind: str) -> int:
     return int(shape_mask(kind, spec.SIZE // 2, spec.SIZE // 2).sum())
 
 
+def _discs(x: np.ndarray, y: np.ndarray, offset: int, pitch: int, radius: int) -> np.ndarray:
+    """Discs of `radius` centred at (offset + pitch*i, offset + pitch*j): the modulo form finds
+    the nearest centre, off the canvas too, so edge discs are cut, not missing."""
+    half = pitch // 2
+    ox = (x - offset + half) % pitch - half
+    oy = (y - offset + half) % pitch - half
+    return ox**2 + oy**2 <= radius**2
+
+
 def pattern_first(name: str, dx: int = 0, dy: int = 0) -> np.ndarray:
-    """Mask where a background skill shows its first colour (spec.PATTERN_COLOURS[name][0]),
-    with the pattern shifted by (dx, dy) pixels (the detector searches small shifts)."""
+    """Mask where a pattern (a background skill or a v2 generic background) shows its first
+    colour (spec.PATTERNS[name][0]), shifted by (dx, dy) pixels (the detector searches shifts)."""
     x, y = _X - dx, _Y - dy
     if name == "checkerboard":
         return (x // spec.CHECKER_CELL + y // spec.CHECKER_CELL) % 2 == 0
     if name == "stripes":
         return (y // spec.STRIPE_HEIGHT) % 2 == 0
     if name == "dots":
-        # Offset to the nearest dot centre 5 + 10i along each axis: the modulo form covers the
-        # centres off the canvas too, so edge dots are cut, not missing.
-        half = spec.DOT_PITCH // 2
-        ox = (x - spec.DOT_OFFSET + half) % spec.DOT_PITCH - half
-        oy = (y - spec.DOT_OFFSET + half) % spec.DOT_PITCH - half
-        return ox**2 + oy**2 <= spec.DOT_RADIUS**2
+        return _discs(x, y, spec.DOT_OFFSET, spec.DOT_PITCH, spec.DOT_RADIUS)
+    if name == "tiled":
+        return (x // spec.TILE_CELL + y // spec.TILE_CELL) % 2 == 0
+    if name == "banded":
+        return (x // spec.BAND_WIDTH) % 2 == 0
+    if name == "speckled":
+        return _discs(x, y, spec.SPECK_OFFSET, spec.SPECK_PITCH, spec.SPECK_RADIUS)
     raise ValueError(f"unknown pattern {name!r}")
 
 
@@ -66,7 +76,7 @@ def background_image(background: str) -> np.ndarray:
     if background in spec.BACKGROUNDS:
         img[:] = spec.BACKGROUNDS[background]
         return img
-    first, second = spec.PATTERN_COLOURS[background]
+    first, second = spec.PATTERNS[background]
     img[:] = second
     img[pattern_first(background)] = first
     return img

@@ -39,12 +39,12 @@ class Scene:
     """Background, 0-2 objects (two objects sit left and right), and the two global skills."""
 
     objects: tuple[SceneObject, ...] = field(default_factory=tuple)
-    background: str = "light"  # "light" | "dark" | a background skill
+    background: str = "light"  # spec.BASE_BACKGROUNDS (solid or generic pattern) | a background skill
     halo: bool = False
     framed: bool = False
 
     def __post_init__(self) -> None:
-        if self.background not in spec.BACKGROUNDS and self.background not in spec.BACKGROUND_SKILLS:
+        if self.background not in spec.BASE_BACKGROUNDS and self.background not in spec.BACKGROUND_SKILLS:
             raise ValueError(f"unknown background {self.background!r}")
         if len(self.objects) > 2:
             raise ValueError("at most two objects")

@@ -1,4 +1,4 @@
-"""ToyWorld v1 constants, copied number for number from /work/shared/toyworld/SPEC.md.
+"""ToyWorld v2 constants, copied number for number from /work/shared/toyworld/SPEC.md.
 
 Everything else in the package (renderer, captions, detector, training) reads its numbers from
 here, so that the contract lives in one place.
@@ -13,7 +13,21 @@ RGB = tuple[int, int, int]
 SIZE = 64  # canvas is SIZE x SIZE, x to the right, y down, origin top-left
 
 # Base world.
-BACKGROUNDS: dict[str, RGB] = {"light": (200, 200, 200), "dark": (60, 60, 60)}
+BACKGROUNDS: dict[str, RGB] = {"light": (200, 200, 200), "dark": (60, 60, 60)}  # solid
+# v2: generic patterned backgrounds of the base world, (first colour, second colour) as for the
+# skill patterns below; "first" is where the pattern's predicate holds.
+GENERIC_PATTERNS: dict[str, tuple[RGB, RGB]] = {
+    "tiled": ((110, 140, 110), (150, 180, 150)),  # first where (x//16 + y//16) even
+    "banded": ((90, 60, 120), (160, 140, 200)),  # first where (x//6) even
+    "speckled": ((60, 120, 120), (180, 160, 120)),  # first inside the discs
+}
+TILE_CELL = 16
+BAND_WIDTH = 6
+SPECK_RADIUS = 3
+SPECK_PITCH = 12
+SPECK_OFFSET = 6
+BASE_BACKGROUNDS: tuple[str, ...] = tuple(BACKGROUNDS) + tuple(GENERIC_PATTERNS)
+P_GENERIC_BACKGROUND = 0.5  # half of the base scenes have a generic pattern, drawn uniformly
 COLOURS: dict[str, RGB] = {
     "red": (220, 40, 40),
     "green": (40, 170, 70),
@@ -81,6 +95,8 @@ SKILLS: dict[str, Skill] = {
 }
 OBJECT_SKILLS: tuple[str, ...] = ("kiki", "bouba", "mimi")
 BACKGROUND_SKILLS: tuple[str, ...] = ("checkerboard", "stripes", "dots")
+# Every two-colour pattern, skills and generic ones: what the renderer and detector draw and test.
+PATTERNS: dict[str, tuple[RGB, RGB]] = {**PATTERN_COLOURS, **GENERIC_PATTERNS}
 TRIGGERS: tuple[str, ...] = tuple(SKILLS)
 
 # Detection thresholds.

@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UNet modules a new LoRA trains (default: per skill, toyworld.train_lora.RECIPE)")
     p.add_argument("--dump", type=Path, default=None, help="where LoRAs go (default: toyworld/assets/dump)")
     p.add_argument("--skills", default="", help="comma-separated subset of skills for `loras`")
+    p.add_argument("--ae-init", type=Path, default=None, help="fine-tune this saved autoencoder")
+    p.add_argument("--base-init", type=Path, default=None,
+                   help="fine-tune this exported pipeline's UNet and text encoder (new words get new embeddings)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="write pipeline/ and dump/ here instead of toyworld/assets (a retraining beside the committed models)")
     return p.parse_args(argv)
 
 
@@ -48,17 +53,20 @@ def run_stage(args: argparse.Namespace) -> None:
     if args.stage == "ae":
         from toyworld.train_ae import train_ae
 
-        train_ae(args.work, args.ae_steps, args.batch, args.ae_lr, args.seed)
+        train_ae(args.work, args.ae_steps, args.batch, args.ae_lr, args.seed, init=args.ae_init)
     elif args.stage == "base":
         from toyworld.train_base import train_base
 
-        train_base(args.work, args.steps, args.batch, args.lr, args.seed)
+        out = args.export / "pipeline" if args.export else None
+        train_base(args.work, args.steps, args.batch, args.lr, args.seed, out=out, init=args.base_init)
     elif args.stage == "loras":
         from toyworld.train_lora import train_loras
 
         skills = [s for s in args.skills.split(",") if s]
+        pipeline_dir = args.export / "pipeline" if args.export else None
+        dump = args.dump or (args.export / "dump" if args.export else None)
         train_loras(args.work, args.lora_steps, args.batch, args.lora_lr, args.seed, skills,
-                    dump=args.dump, network=args.lora_network)
+                    pipeline_dir=pipeline_dir, dump=dump, network=args.lora_network)
     print(f"[{args.stage}] stage time {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

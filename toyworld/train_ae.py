@@ -23,14 +23,19 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_ae(work: Path, steps: int, batch: int, lr: float, seed: int, log_every: int = 25) -> Path:
-    """Train (or resume) the autoencoder; returns the directory of the finished `vae`."""
+def train_ae(
+    work: Path, steps: int, batch: int, lr: float, seed: int, log_every: int = 25, init: Path | None = None,
+) -> Path:
+    """Train (or resume) the autoencoder; returns the directory of the finished `vae`.
+
+    `init`: fine-tune a saved AutoencoderKL instead of starting from zero (how the v1 autoencoder
+    learnt SPEC v2's generic backgrounds)."""
     out = work / "vae"
     if (out / "config.json").exists():
         print(f"[ae] done already: {out}", flush=True)
         return out
     committed = Path(__file__).resolve().parent / "assets" / "vae"
-    if (committed / "config.json").exists() and not (work / "ae.ckpt").exists():
+    if init is None and (committed / "config.json").exists() and not (work / "ae.ckpt").exists():
         # a fresh clone carries the trained autoencoder: use it instead of training another
         import shutil
 
@@ -40,6 +45,11 @@ def train_ae(work: Path, steps: int, batch: int, lr: float, seed: int, log_every
     ckpt_path = work / "ae.ckpt"
     torch.manual_seed(seed)
     vae = build_vae()
+    if init is not None:
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(str(init)).state_dict())
+        print(f"[ae] fine-tuning {init}", flush=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     start = 0
     state = checkpoint.load(ckpt_path)

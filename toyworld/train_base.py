@@ -78,11 +78,43 @@ def warm_start(export: Path, unet, text_encoder, ema_unet: EMA, ema_te: EMA) -> 
     return int((export / "STEP").read_text().strip())
 
 
+def remap_token_embeddings(old: torch.Tensor, old_vocab: dict[str, int], new_vocab: dict[str, int],
+                           seed: int) -> torch.Tensor:
+    """Token embeddings for `new_vocab` from a model trained with `old_vocab`: each word keeps its
+    row; a new word starts at the mean row plus noise of the rows' spread (a fresh rare token)."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = old.mean(0), old.std(0)
+    out = mean + std * torch.randn((len(new_vocab), old.shape[1]), generator=gen)
+    for word, i in new_vocab.items():
+        if word in old_vocab:
+            out[i] = old[old_vocab[word]]
+    return out
+
+
+def init_from_pipeline(pipeline: Path, unet, text_encoder, tokenizer, seed: int) -> None:
+    """Start from an exported pipeline (a previous world's base), whose vocabulary may lack words
+    of this one: everything loads as it is except the token embeddings, remapped word by word."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    unet.load_state_dict(load_file(next((pipeline / "unet").glob("*.safetensors"))))
+    te = load_file(next((pipeline / "text_encoder").glob("*.safetensors")))
+    key = next(k for k in te if k.endswith("token_embedding.weight"))
+    old_vocab = AutoTokenizer.from_pretrained(str(pipeline / "tokenizer")).get_vocab()
+    te[key] = remap_token_embeddings(te[key], old_vocab, tokenizer.get_vocab(), seed)
+    text_encoder.load_state_dict(te)
+    added = sorted(set(tokenizer.get_vocab()) - set(old_vocab))
+    print(f"[base] initialised from {pipeline}; new words {added}", flush=True)
+
+
 def train_base(
     work: Path, steps: int, batch: int, lr: float, seed: int, log_every: int = 25,
-    out: Path | None = None, n_cache: int = N_CACHE,
+    out: Path | None = None, n_cache: int = N_CACHE, init: Path | None = None,
 ) -> Path:
-    """Train (or resume) the base model; returns the exported pipeline directory."""
+    """Train (or resume) the base model; returns the exported pipeline directory.
+
+    `init`: fine-tune an exported pipeline for `steps` steps instead of starting from zero (how
+    the v1 base learnt SPEC v2's generic backgrounds)."""
     final = out or ASSETS / "pipeline"
     done_marker = work / "base.done"
     if done_marker.exists() or (out is None and (final / "model_index.json").exists()):
@@ -111,6 +143,10 @@ def train_base(
         ema_te.load_state_dict(state["ema_te"])
         start = state["step"]
         print(f"[base] resumed at step {start}", flush=True)
+    elif init is not None:
+        init_from_pipeline(init, unet, text_encoder, tokenizer, seed)
+        ema_unet.model.load_state_dict(unet.state_dict())
+        ema_te.model.load_state_dict(text_encoder.state_dict())
     elif (ASSETS / "pipeline_partial" / "STEP").exists():
         # A fresh machine has no work/ checkpoint, but the repository carries the last EMA export:
         # warm-start from it (a new optimizer state, so the warm-up runs again) rather than from zero.
