@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "toyworld" / "assets"
-METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic")
+METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic", "grounded-loratorio", "regional",
+           "oracle-grounded-loratorio", "oracle-regional")
+# The oracles are grounded methods handed the true regions (toyworld.truth) instead of a mask source.
+ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional"}
 
 
 def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True) -> list[dict]:
@@ -52,12 +55,15 @@ def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of
     return out
 
 
-def _job(method: str, task: dict, params: dict):
+def _job(method: str, task: dict, params: dict, dump: Path, grounding: dict | None = None):
+    import torch
+
     from composer import Job, LoratorioParams
+    from composer.params import GroundingParams
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
     from toyworld import spec
+    from toyworld.truth import latent_masks
 
-    dump = ASSETS / "dump"
     lora = lambda s: str(dump / f"toyworld_{s}.safetensors")
     kw = dict(steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, seed=task["seed"])
     p = LoratorioParams(**params)
@@ -66,34 +72,42 @@ def _job(method: str, task: dict, params: dict):
     if method == "loratorio-dynamic":
         p = LoratorioParams(**{**params, "k": params.get("k") or task["n"]})  # k 0 or None: the task's N
         return Job(task["prompt"], loras=[lora(s) for s in spec.TRIGGERS], method="loratorio", params=p, **kw)
-    return Job(task["prompt"], loras=[lora(s) for s in task["skills"]], method=method, params=p, **kw)
+    g = GroundingParams(**(grounding or {}))
+    if method in ORACLES:
+        masks = torch.from_numpy(latent_masks(task["task"], task["skills"])).unsqueeze(1)
+        return Job(task["prompt"], loras=[lora(s) for s in task["skills"]], method=ORACLES[method], params=p,
+                   grounding=g, masks=masks, **kw)
+    return Job(task["prompt"], loras=[lora(s) for s in task["skills"]], method=method, params=p, grounding=g, **kw)
 
 
 def _worker(args) -> list[dict]:
     """Run a share of (method, task index, params) jobs on one warm composer with one thread."""
-    share, tasks, pipeline, grid_every = args
+    share, tasks, pipeline, grid_every, dump, registry_url, grounding = args
     counter = _COUNTER
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from composer import Composer
+    from loraregistry.api import Registry
     from loraregistry.cli.compose import _quiet_libraries
     from toyworld.detect import skill_shown, task_succeeds
 
     _quiet_libraries()
-    composer = Composer.from_pretrained(pipeline, device="cpu", cache_bytes=None)
+    registry = Registry.open(registry_url)  # the dump's registry: the LoRAs' categories and triggers
+    composer = Composer.from_pretrained(pipeline, registry=lambda: registry, device="cpu", cache_bytes=None)
     rows = []
     for method, i, params in share:
         task = tasks[i]
         t0 = time.perf_counter()
-        result = composer.run(_job(method, task, params))
+        result = composer.run(_job(method, task, params, dump, grounding))
         img = np.asarray(result.image.convert("RGB"))
         rows.append({
             "method": method, "i": i, "params": params, "n": task["n"], "skills": task["skills"],
             "seed": task["seed"], "success": bool(task_succeeds(img, task["task"])),
             "shown": {s: bool(skill_shown(img, task["task"].scene, s)) for s in task["skills"]},
             "seconds": time.perf_counter() - t0, "unet_samples": result.report.get("unet_samples"),
+            "steps": result.report.get("steps"),
             "image": img.tolist() if (i % grid_every == 0) else None,
         })
         with counter.get_lock():
@@ -110,7 +124,7 @@ def _init(counter) -> None:
 
 
 def run_all(jobs: list[tuple[str, int, dict]], tasks: list[dict], pipeline: str, workers: int,
-            grid_every: int = 8) -> list[dict]:
+            grid_every: int = 8, dump: Path = ASSETS / "dump", grounding: dict | None = None) -> list[dict]:
     """Images of every job, spread over `workers` processes; `grid_every`: keep every such task's image."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -118,10 +132,12 @@ def run_all(jobs: list[tuple[str, int, dict]], tasks: list[dict], pipeline: str,
     counter = ctx.Value("i", 0)
     shares = [jobs[w::workers] for w in range(workers)]
     picklable = [{k: v for k, v in t.items()} for t in tasks]
+    registry_url = dump_registry(dump)
     with ctx.Pool(workers, initializer=_init, initargs=(counter,)) as pool, Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
                                              TimeRemainingColumn(), transient=True) as bar:
         bar_task = bar.add_task("images", total=len(jobs))
-        async_res = pool.map_async(_worker, [(s, picklable, pipeline, grid_every) for s in shares])
+        async_res = pool.map_async(_worker, [(s, picklable, pipeline, grid_every, dump, registry_url, grounding)
+                                             for s in shares])
         last = time.time()
         while not async_res.ready():
             async_res.wait(2)
@@ -131,6 +147,20 @@ def run_all(jobs: list[tuple[str, int, dict]], tasks: list[dict], pipeline: str,
                 last = time.time()
         rows = [r for share in async_res.get() for r in share]
     return rows
+
+
+def dump_registry(dump: Path) -> str:
+    """A registry of the dump (its Civitai sidecars give each LoRA's category and trigger), in a
+    temporary file the workers share."""
+    import tempfile
+
+    from loraregistry.api import Registry
+
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='toyworld-bench-')}/registry.db"
+    reg = Registry.open(url)
+    reg.ingest(str(dump))
+    reg.close()
+    return url
 
 
 def rate_table(rows: list[dict], key) -> dict:
@@ -178,7 +208,9 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
         f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n} --ns {args.ns}`; "
         f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
         f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
-        f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}, equalise={args.equalise}; dynamic: all 8 LoRAs, top-k with k = N.",
+        f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N. "
+        f"Grounding: {args.grounding or 'defaults'}; oracles: the grounded methods given the true regions "
+        "(toyworld.truth) instead of a mask source. Pipeline {args.pipeline}, LoRAs {args.dump}.",
         "",
         "| method | " + " | ".join(f"N={n}" for n in ns) + " | all |",
         "|---|" + "---|" * (len(ns) + 1),
@@ -204,7 +236,12 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
                      for k in kinds]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     secs = {m: np.mean([r["seconds"] for r in rows if r["method"] == m]) for m in methods}
-    lines += ["", "Seconds per image (one thread): " + ", ".join(f"{m} {secs[m]:.2f}" for m in methods), ""]
+    per_step = {m: np.mean([r["unet_samples"] / r["steps"] for r in rows if r["method"] == m and r.get("steps")]) for m in methods}
+    base = secs.get("merge")
+    lines += ["", "| method | seconds per image (one thread) | / merge | UNet samples per step |", "|---|---|---|---|"]
+    lines += [f"| {m} | {secs[m]:.2f} | {secs[m] / base:.2f} | {per_step[m]:.1f} |" if base else
+              f"| {m} | {secs[m]:.2f} | | {per_step[m]:.1f} |" for m in methods]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -236,7 +273,10 @@ def main() -> None:
     ap.add_argument("--p", type=int, default=None)
     ap.add_argument("--tau", type=float, default=None)
     ap.add_argument("--lam", type=float, default=None)
-    ap.add_argument("--equalise", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--pipeline", type=Path, default=None, help="default: the built-in ToyWorld pipeline")
+    ap.add_argument("--dump", type=Path, default=ASSETS / "dump")
+    ap.add_argument("--grounding", default="", help="GroundingParams as key=value,... (e.g. source=attention,prompts=full)")
+    ap.add_argument("--name", default="toyworld_quality", help="results file stem")
     ap.add_argument("--sweep", action="store_true", help="LoRAtorio over a grid of p, tau, lambda on N = 2 and 3")
     ap.add_argument("--resume", action="store_true", help="--sweep: keep the stages already in toyworld_sweep.json")
     ap.add_argument("--explain", default=None, metavar="SKILL,SKILL",
@@ -247,10 +287,9 @@ def main() -> None:
 
     d = LoratorioParams()
     args.p, args.tau, args.lam = args.p or d.p, args.tau or d.tau, args.lam if args.lam is not None else d.lam
-    args.equalise = d.equalise if args.equalise is None else args.equalise
     from loraregistry.builtin import builtin_pipeline_dir
 
-    pipeline = str(builtin_pipeline_dir())
+    pipeline = str(args.pipeline or builtin_pipeline_dir())
     t0 = time.time()
     if args.sweep:
         return sweep(args, pipeline)
@@ -258,17 +297,34 @@ def main() -> None:
         print(explain(pipeline, tuple(args.explain.split(",")), args.out / "toyworld_grids"))
         return
     tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")))
-    params = {"p": args.p, "tau": args.tau, "lam": args.lam, "equalise": args.equalise}
+    params = {"p": args.p, "tau": args.tau, "lam": args.lam}
     jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
-    rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds)
+    rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds, dump=args.dump,
+                   grounding=parse_grounding(args.grounding))
     seconds = time.time() - t0
     report = write_report(rows, args, seconds)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "toyworld_quality.md").write_text(report)
+    (args.out / f"{args.name}.md").write_text(report)
     slim = [{k: v for k, v in r.items() if k != "image"} for r in rows]
-    (args.out / "toyworld_quality.json").write_text(json.dumps(slim))
+    (args.out / f"{args.name}.json").write_text(json.dumps(slim))
     save_grids(rows, args.out / "toyworld_grids")
+
+
+def parse_grounding(text: str) -> dict:
+    """``source=attention,steps=0/2,prompts=full`` -> GroundingParams keyword arguments."""
+    out: dict = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key == "steps":
+            out[key] = tuple(int(v) for v in value.split("/"))
+        elif key in ("source", "prompts"):
+            out[key] = value
+        elif key == "attribute_radius":
+            out[key] = int(value)
+        else:
+            out[key] = float(value)
+    return out
 
 
 def explain(pipeline: str, skills: tuple[str, ...], out: Path, seeds: int = 6) -> Path:
@@ -332,7 +388,7 @@ def _score(rows: list[dict]) -> float:
 
 def sweep(args, pipeline: str) -> None:
     """How the LoRAtorio defaults were picked: success on N = 2 and 3 tasks (--seeds each) over
-    p x tau x equalise at lambda 0.5; then lambda at the best of those; then top-k over all 8 LoRAs
+    p x tau at lambda 0.5 (the committed sweep also measured an 'equalise' option, since removed); then lambda at the best of those; then top-k over all 8 LoRAs
     (the dynamic setting). Ranked by :func:`_score` over both N. Writes toyworld_sweep.md after every stage."""
     tasks = build_tasks(args.seeds, 8, ns=(2, 3), seed=1, all_of_n2=False)
     t0 = time.time()
@@ -361,14 +417,14 @@ def sweep(args, pipeline: str) -> None:
                  f"(8 skill sets each of N = 2 and 3, {args.seeds} seeds), {sum(len(d[2]) for d in done)} images, "
                  f"{(time.time() - t0) / 60:.1f} min. Success: every named skill detected and no unnamed object; "
                  "shown: share of the named skills detected.", "",
-                 "| stage | p | tau | lambda | equalise | k | N=2 success | N=3 success | N=2 shown | N=3 shown |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| stage | p | tau | lambda | k | N=2 success | N=3 success | N=2 shown | N=3 shown |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for stage, g, rows in done:
             cells = []
             for n in (2, 3):
                 rs = [r for r in rows if r["n"] == n]
                 cells.append(_rates(rs) if rs else (float("nan"), float("nan")))
-            lines.append(f"| {stage} | {g['p']} | {g['tau']} | {g['lam']} | {g['equalise']} | {'N' if g['k'] == 0 else g['k'] or 'all'} | "
+            lines.append(f"| {stage} | {g['p']} | {g['tau']} | {g['lam']} | {'N' if g['k'] == 0 else g['k'] or 'all'} | "
                          f"{cells[0][0]:.0%} | {cells[1][0]:.0%} | {cells[0][1]:.0%} | {cells[1][1]:.0%} |")
         if chosen:
             lines += ["", "Best by success + skills shown (both N): " + ", ".join(f"{k}={v}" for k, v in chosen.items())]
@@ -380,9 +436,8 @@ def sweep(args, pipeline: str) -> None:
         (args.out / "toyworld_sweep.json").write_text(json.dumps(slim))
         print(report, flush=True)
 
-    run("p x tau x equalise", [{"p": p, "tau": tau, "lam": 0.5, "k": None, "equalise": eq}
-                               for eq in (False, True) for p in (1, 2, 4) for tau in (0.01, 0.05, 0.25)])
-    b = best("p x tau x equalise")
+    run("p x tau", [{"p": p, "tau": tau, "lam": 0.5, "k": None} for p in (1, 2, 4) for tau in (0.01, 0.05, 0.25)])
+    b = best("p x tau")
     chosen.update(b)
     run("lambda", [{**b, "lam": lam} for lam in (0.0, 0.25, 0.75, 1.0)])
     b = max((d for d in done if d[1] == b or d[0] == "lambda"), key=lambda d: _score(d[2]))[1]

@@ -174,7 +174,11 @@ class LoraLoader:
     def resolve(self, ref: LoraRef) -> tuple[str, str, int | None, tuple[str, ...], tuple[str, ...]]:
         """(path, display name, registry id, trigger words, tags) for a ref."""
         if os.path.isfile(ref.token):
-            return ref.token, os.path.splitext(os.path.basename(ref.token))[0], None, (), ()
+            stem = os.path.splitext(os.path.basename(ref.token))[0]
+            entry = self._registry_entry_of_file(ref.token)
+            if entry is not None:  # a file the registry knows: its id, triggers and category come along
+                return ref.token, stem, entry.id, tuple(entry.trigger_words), tuple(entry.tags)
+            return ref.token, stem, None, (), ()
         if self._registry_factory is None:
             raise LoraError(f"{ref.token!r} is not a file, and no registry was given to resolve it "
                             "(give the composer a registry, or a file path)")
@@ -182,6 +186,16 @@ class LoraLoader:
         if not entry.file_path or not os.path.isfile(entry.file_path):
             raise LoraError(f"registry entry {entry.id} ({entry.name}) has no local file to load")
         return entry.file_path, entry.name, entry.id, tuple(entry.trigger_words), tuple(entry.tags)
+
+    def _registry_entry_of_file(self, path: str):
+        if self._registry_factory is None:
+            return None
+        from registry.errors import RegistryError
+
+        try:
+            return self._registry_factory().find(os.path.abspath(path))
+        except RegistryError:
+            return None
 
     def read(self, path: str) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError, safe_open

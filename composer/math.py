@@ -156,7 +156,7 @@ def patch_weights_to_pixels(weights: torch.Tensor, p: int, height: int, width: i
     return w[..., :height, :width].unsqueeze(2)
 
 
-def spatial_prior(weights: torch.Tensor, masks: torch.Tensor, p: int, floor: float = 1e-3) -> torch.Tensor:
+def spatial_prior(weights: torch.Tensor, masks: torch.Tensor, p: int, floor: float = 1e-4) -> torch.Tensor:
     """LoRAtorio's SoftMin weights times a spatial prior, renormalised over the LoRAs (ours).
 
     ``weights`` ``(N, B, Hp, Wp)``; ``masks`` ``(N, B, H, W)`` in [0, 1] at latent resolution, averaged

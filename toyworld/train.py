@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ae-init", type=Path, default=None, help="fine-tune this saved autoencoder")
     p.add_argument("--base-init", type=Path, default=None,
                    help="fine-tune this exported pipeline's UNet and text encoder (new words get new embeddings)")
+    p.add_argument("--lora-init", type=Path, default=None,
+                   help="fine-tune the LoRAs of this dump (same file names) instead of starting from zero")
     p.add_argument("--export", type=Path, default=None,
                    help="write pipeline/ and dump/ here instead of toyworld/assets (a retraining beside the committed models)")
     return p.parse_args(argv)
@@ -66,7 +68,7 @@ def run_stage(args: argparse.Namespace) -> None:
         pipeline_dir = args.export / "pipeline" if args.export else None
         dump = args.dump or (args.export / "dump" if args.export else None)
         train_loras(args.work, args.lora_steps, args.batch, args.lora_lr, args.seed, skills,
-                    pipeline_dir=pipeline_dir, dump=dump, network=args.lora_network)
+                    pipeline_dir=pipeline_dir, dump=dump, network=args.lora_network, init=args.lora_init)
     print(f"[{args.stage}] stage time {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

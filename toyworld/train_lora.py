@@ -92,6 +92,29 @@ def add_adapters(pipe: StableDiffusionPipeline, seed: int, network: str = "attn"
     return [p for m in (pipe.unet, pipe.text_encoder) for p in m.parameters() if p.requires_grad]
 
 
+def load_adapters(pipe: StableDiffusionPipeline, path: Path) -> list[torch.nn.Parameter]:
+    """Freeze the base and make a saved kohya LoRA the trainable adapter (a warm start: how the v1
+    LoRAs were fine-tuned to SPEC v2's base). transformers 5 flattened CLIP's module names; kohya
+    files name the old ``text_model`` level, which diffusers passes through, so it is dropped here."""
+    import re
+
+    from safetensors.torch import load_file
+
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    sd = load_file(str(path))
+    if not hasattr(pipe.text_encoder, "text_model"):
+        sd = {re.sub(r"^(lora_te_)text_model_", r"\1", k): v for k, v in sd.items()}
+    pipe.load_lora_weights(sd, adapter_name="default")
+    params = []
+    for model in (pipe.unet, pipe.text_encoder):
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                p.requires_grad_(True)
+                params.append(p)
+    return params
+
+
 def lora_state(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.Tensor]]:
     return {
         "unet": get_peft_model_state_dict(pipe.unet),
@@ -161,7 +184,7 @@ def verify_kohya_file(
 
 def train_one(
     skill: str, index: int, pipeline_dir: Path, work: Path, dump: Path, steps: int, batch: int, lr: float, seed: int,
-    log_every: int = 50, network: str = "attn",
+    log_every: int = 50, network: str = "attn", init: Path | None = None,
 ) -> None:
     pipe = load_base(pipeline_dir)
     vae, tokenizer, scheduler = pipe.vae, pipe.tokenizer, pipe.scheduler
@@ -172,7 +195,14 @@ def train_one(
     state = checkpoint.load(ckpt_path)
     if state is not None:
         network = state.get("network", "attn")  # a resumed run keeps the network it started with
-    params = add_adapters(pipe, seed + index, network)
+    init_file = init / f"{stem(skill)}.safetensors" if init is not None else None
+    if init_file is not None and init_file.exists():
+        params = load_adapters(pipe, init_file)
+        network = "locon" if any("conv" in n and ".lora_" in n for n, _ in pipe.unet.named_parameters()) else "attn"
+        if state is None:
+            print(f"[lora {skill}] fine-tuning {init_file} ({network})", flush=True)
+    else:
+        params = add_adapters(pipe, seed + index, network)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     start = 0
     if state is not None:
@@ -233,7 +263,7 @@ def train_one(
 
 def train_loras(
     work: Path, steps: int | None, batch: int, lr: float, seed: int, skills: list[str],
-    pipeline_dir: Path | None = None, dump: Path | None = None, network: str | None = None,
+    pipeline_dir: Path | None = None, dump: Path | None = None, network: str | None = None, init: Path | None = None,
 ) -> None:
     pipeline_dir = pipeline_dir or ASSETS / "pipeline"
     dump = dump or ASSETS / "dump"
@@ -244,5 +274,5 @@ def train_loras(
         net, n = RECIPE[skill]
         net, n = network or net, steps or n
         t0 = time.time()
-        train_one(skill, ORDER.index(skill), pipeline_dir, work, dump, n, batch, lr, seed, network=net)
+        train_one(skill, ORDER.index(skill), pipeline_dir, work, dump, n, batch, lr, seed, network=net, init=init)
         print(f"[lora {skill}] {n} steps in {(time.time() - t0) / 60:.1f} min", flush=True)

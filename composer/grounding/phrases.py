@@ -73,13 +73,15 @@ def unit_of(prompt: str, phrase: str | None, triggers: tuple[str, ...] = (), at:
 
 def without(prompt: str, remove: list[Unit]) -> str:
     """The prompt with these units (and the separators before them) taken out."""
-    keep = [u for u in units(prompt) if all((u.start, u.end) != (r.start, r.end) for r in remove)]
-    if not keep:
-        return ""
-    pieces = [keep[0].text]
-    for prev, u in zip(keep, keep[1:]):
-        sep = prompt[prev.end:u.start]
-        pieces.append(sep if sep.strip() else " ")
+    us = units(prompt)
+    gone = {(r.start, r.end) for r in remove}
+    pieces: list[str] = []
+    for k, u in enumerate(us):
+        if (u.start, u.end) in gone:
+            continue
+        if pieces:  # the separator this unit had in the prompt (", " or " and ")
+            sep = prompt[us[k - 1].end:u.start]
+            pieces.append(sep if sep.strip() else " ")
         pieces.append(u.text)
     return "".join(pieces)
 

@@ -130,3 +130,30 @@ def test_lora_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     state = train_lora.checkpoint.load(tmp_path / "b" / "lora_halo.ckpt")
     assert state["step"] == 4 and state["ema_updates"] == 4 and state["network"] == "locon"
     assert any(not torch.equal(p, e) for p, e in zip(state["params"], state["ema"]))
+
+
+def test_lora_warm_start_from_a_saved_file(tmp_path, monkeypatch):
+    """--lora-init: a saved kohya LoRA (UNet convolutions and text encoder included) becomes the
+    trainable adapter; with no step taken the exported file is the saved one, and training moves it."""
+    from safetensors.torch import load_file
+
+    from toyworld import train_lora
+    from toyworld.models import build_text_encoder, build_unet, build_vae
+    from toyworld.train_base import export_pipeline
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    export_pipeline(build_vae(), build_text_encoder(tok), tok, build_unet(), tmp_path / "pipe")
+    monkeypatch.setattr(train_lora, "N_CACHE", 16)
+    torch.set_num_threads(1)
+    first = tmp_path / "first"
+    train_lora.train_one("halo", 5, tmp_path / "pipe", first, first / "dump", 2, batch=4, lr=0.05, seed=0, network="locon")
+    saved = load_file(str(first / "dump" / "toyworld_halo.safetensors"))
+    for steps, name in ((0, "same"), (2, "moved")):
+        work = tmp_path / name
+        train_lora.train_one("halo", 5, tmp_path / "pipe", work, work / "dump", steps, batch=4, lr=0.05, seed=1,
+                             init=first / "dump")
+        again = load_file(str(work / "dump" / "toyworld_halo.safetensors"))
+        assert again.keys() == saved.keys() and any("lora_te_" in k for k in again) and any("_resnets_" in k for k in again)
+        diff = max((again[k] - saved[k]).abs().max().item() for k in saved)
+        assert (diff < 1e-6) if steps == 0 else (diff > 1e-3), (steps, diff)
