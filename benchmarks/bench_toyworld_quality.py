@@ -108,11 +108,25 @@ def _worker(args) -> list[dict]:
             "shown": {s: bool(skill_shown(img, task["task"].scene, s)) for s in task["skills"]},
             "seconds": time.perf_counter() - t0, "unet_samples": result.report.get("unet_samples"),
             "steps": result.report.get("steps"),
+            "mask_iou": _mask_iou(result, task) if "grounding" in result.report.get("options", {}) else None,
             "image": img.tolist() if (i % grid_every == 0) else None,
         })
         with counter.get_lock():
             counter.value += 1
     return rows
+
+
+def _mask_iou(result, task: dict) -> dict[str, float]:
+    """Per skill, the IoU of the method's final mask (> 0.5) with the true region (> 0.5) on the latent grid."""
+    from toyworld.truth import latent_masks
+
+    final = result.weights[-1].numpy() > 0.5
+    truth = latent_masks(task["task"], task["skills"]) > 0.5
+    out = {}
+    for s, m, t in zip(task["skills"], final, truth):
+        union = (m | t).sum()
+        out[s] = float((m & t).sum() / union) if union else 1.0
+    return out
 
 
 _COUNTER = None  # images done, shared with the parent for the progress bar (set by the pool initializer)
@@ -235,6 +249,18 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
             cells = [f"{round(pairs[(m, k)][0] * pairs[(m, k)][1])}/{pairs[(m, k)][1]}" if (m, k) in pairs else ""
                      for k in kinds]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    ious = [r for r in rows if r.get("mask_iou") and not r["method"].startswith("oracle")]
+    if ious:
+        cats = sorted({_categories([s]) for r in ious for s in r["mask_iou"]})
+        lines += ["", "Grounding masks against the true regions (IoU of mask > 0.5 on the 16 x 16 latent grid, last step):", "",
+                  "| method | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+        for m in methods:
+            cells = []
+            for c in cats:
+                v = [iou for r in ious if r["method"] == m for s, iou in r["mask_iou"].items() if _categories([s]) == c]
+                cells.append(f"{np.mean(v):.2f}" if v else "")
+            if any(cells):
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
     secs = {m: np.mean([r["seconds"] for r in rows if r["method"] == m]) for m in methods}
     per_step = {m: np.mean([r["unet_samples"] / r["steps"] for r in rows if r["method"] == m and r.get("steps")]) for m in methods}
     base = secs.get("merge")

@@ -47,44 +47,70 @@ class RegionState:
     active: bool = True
     capture: tuple[list[list[int]], list[int]] | None = None
     captured: list[torch.Tensor] = field(default_factory=list)
+    _resized: dict = field(default_factory=dict, repr=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "masks":  # new masks: the resized copies of the old ones go
+            self.__dict__.setdefault("_resized", {}).clear()
+        super().__setattr__(name, value)
 
     def rows(self, batch: int, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """``(N, batch, ...)`` masks for a UNet batch (the images' masks repeated per guidance half),
-        resized to ``hw`` when given."""
-        m = self.masks
-        b = m.shape[1]
-        if batch % b:
-            raise ValueError(f"a batch of {batch} rows is no multiple of the {b} images' masks")
-        m = m.repeat(1, batch // b, 1, 1)
-        return at_resolution(m, *hw) if hw is not None else m
+        resized to ``hw`` when given. Cached until the masks change: every layer of a resolution
+        asks for the same."""
+        key = (batch, hw)
+        if key not in self._resized:
+            m = self.masks
+            b = m.shape[1]
+            if batch % b:
+                raise ValueError(f"a batch of {batch} rows is no multiple of the {b} images' masks")
+            m = m.repeat(1, batch // b, 1, 1)
+            self._resized[key] = at_resolution(m, *hw) if hw is not None else m
+        return self._resized[key]
+
+
+def _flat_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every LoRA's down factors as one ``(N*r, in[, kh, kw])`` weight and the up factors as one
+    ``(out, N*r)`` matrix (scales folded in), cached on the layer with the stacked weights they come from."""
+    a_w, b_w = stacked_weights(layer, adapters)  # (N, r, in[, kh, kw]), (N, out, r[, 1, 1]); zeros where absent
+    cached = layer.__dict__.get("_regional_cache")
+    if cached is not None and cached[0] == (id(a_w), id(b_w)):
+        return cached[1]
+    n, r = a_w.shape[:2]
+    down = a_w.reshape(n * r, *a_w.shape[2:])
+    up = b_w.reshape(n, b_w.shape[1], r).permute(1, 0, 2).reshape(b_w.shape[1], n * r).contiguous()
+    layer.__dict__["_regional_cache"] = ((id(a_w), id(b_w)), (down, up))
+    return down, up
 
 
 def _masked_update(layer: torch.nn.Module, state: RegionState, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out + sum_i m_i * (scale_i B_i A_i x)`` for the LoRAs of ``state`` that this layer has."""
+    """``out + sum_i m_i * (scale_i B_i A_i x)`` for the LoRAs of ``state`` that this layer has:
+    two products for all LoRAs (the masks multiply the rank-r activations, which is the same as
+    multiplying each update, since a mask is one number per pixel)."""
     present = [a for a in state.adapters if a in layer.lora_A]
     if not present:
         return out
-    a_w, b_w = stacked_weights(layer, state.adapters)  # (N, r, in[, kh, kw]), (N, out, r[, 1, 1]); zeros for absent
-    a_w, b_w = a_w.to(x.dtype), b_w.to(x.dtype)
-    n, r = a_w.shape[0], a_w.shape[1]
-    if a_w.dim() == 3:  # linear
+    down, up = _flat_weights(layer, state.adapters)
+    down, up = down.to(x.dtype), up.to(x.dtype)
+    n = len(state.adapters)
+    r = down.shape[0] // n
+    if down.dim() == 2:  # linear
         if x.dim() == 2:  # (B, C): no pixels (a time embedding); each LoRA at its mean mask
             m = state.rows(x.shape[0]).mean(dim=(-2, -1))  # (N, B)
-            h = torch.einsum("bi,nri->bnr", x, a_w) * m.T.unsqueeze(-1)
-            return out + torch.einsum("bnr,nor->bo", h, b_w).to(out.dtype)
-        tokens = x.shape[1]
+            h = (x @ down.T).view(x.shape[0], n, r) * m.T.unsqueeze(-1)
+            return out + (h.flatten(1) @ up.T).to(out.dtype)
+        batch, tokens = x.shape[:2]
         hw = token_grid(tokens, *state.masks.shape[-2:])
-        m = state.rows(x.shape[0], hw).flatten(2)  # (N, B, T)
-        h = torch.einsum("bti,nri->bntr", x, a_w) * m.permute(1, 0, 2).unsqueeze(-1)
-        return out + torch.einsum("bntr,nor->bto", h, b_w).to(out.dtype)
-    # conv: one convolution with every LoRA's down factors, masks, one 1x1 up convolution
+        m = state.rows(batch, hw).flatten(2).permute(1, 2, 0).unsqueeze(-1).to(x.dtype)  # (B, T, N, 1)
+        h = ((x @ down.T).view(batch, tokens, n, r) * m).view(batch * tokens, n * r)
+        return out + (h @ up.T).view(out.shape).to(out.dtype)
+    # conv: one convolution with every LoRA's down factors, the masks, the up projection as a product
     conv_a = layer.lora_A[present[0]]
-    h = F.conv2d(x, a_w.reshape(n * r, *a_w.shape[2:]), stride=conv_a.stride, padding=conv_a.padding,
-                 dilation=conv_a.dilation)
-    m = state.rows(x.shape[0], h.shape[-2:])  # (N, B, h, w)
-    h = (h.view(h.shape[0], n, r, *h.shape[-2:]) * m.permute(1, 0, 2, 3).unsqueeze(2)).flatten(1, 2)
-    up = b_w.reshape(n, b_w.shape[1], r).permute(1, 0, 2).reshape(b_w.shape[1], n * r, 1, 1)
-    return out + F.conv2d(h, up).to(out.dtype)
+    h = F.conv2d(x, down, stride=conv_a.stride, padding=conv_a.padding, dilation=conv_a.dilation)
+    batch, _, hh, ww = h.shape
+    m = state.rows(batch, (hh, ww)).permute(1, 0, 2, 3).unsqueeze(2).to(h.dtype)  # (B, N, 1, h, w)
+    h = (h.view(batch, n, r, hh, ww) * m).view(batch, n * r, hh * ww)
+    return out + (up @ h).view(out.shape).to(out.dtype)
 
 
 def _kv(layer: torch.nn.Module, states: torch.Tensor, adapter: str | None) -> torch.Tensor:

@@ -177,3 +177,40 @@ def sample_tasks(n: int, count: int, rng: np.random.Generator) -> list[Task]:
     """`count` tasks of n skills, skill sets drawn uniformly from task_skill_sets(n)."""
     sets = task_skill_sets(n)
     return [task_for(sets[int(rng.integers(len(sets)))], rng) for _ in range(count)]
+
+
+def parse_caption(text: str) -> Scene | None:
+    """The scene a caption of SPEC's grammar describes (the inverse of :func:`caption`), or None
+    when the text does not follow the grammar (a free-form prompt)."""
+    import re
+
+    slots = {phrase: slot for slot, phrase in spec.SLOT_PHRASES.items()}
+    text = " ".join(text.lower().split())
+    framed = text.endswith(", framed")
+    if framed:
+        text = text[: -len(", framed")]
+    m = re.fullmatch(r"an empty (\w+) background", text)
+    if m:
+        try:
+            return Scene((), m.group(1), framed=framed)
+        except ValueError:
+            return None
+    head, sep, bg = text.rpartition(", ")
+    if not sep or not bg.endswith(" background"):
+        return None
+    background = bg[: -len(" background")]
+    objects, halo = [], False
+    for part in head.split(" and "):
+        m = re.fullmatch(r"a (?:(\w+) )?(\w+)( with halo)? (on the left|in the center|on the right)", part)
+        if not m:
+            return None
+        colour, kind, with_halo, where = m.groups()
+        halo = halo or bool(with_halo)
+        try:
+            objects.append(SceneObject(kind, slots[where], colour))
+        except ValueError:
+            return None
+    try:
+        return Scene(tuple(objects), background, halo, framed)
+    except ValueError:
+        return None

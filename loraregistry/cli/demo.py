@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from composer import methods
 from loraregistry.cli.common import library_errors
 
 DEMO_PROMPT = "a kiki on the left, checkerboard background"
@@ -27,8 +28,10 @@ DEMO_PROMPT = "a kiki on the left, checkerboard background"
 def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
     """Ingest the built-in ToyWorld dump, then retrieve, probe and compose a two-skill prompt.
 
-    Writes OUT/compose.png (generation parameters in its `parameters` text chunk) and
-    OUT/weights.png (each kept LoRA's per-patch LoRAtorio weight over the steps).
+    Writes OUT/compose.png (generation parameters in its `parameters` text chunk), OUT/weights.png
+    (each kept LoRA's weight or mask over the steps: where it drew), and OUT/strip.png (the same
+    prompt, LoRAs and seed under base, merge, loratorio and the default method, each labelled with
+    what the ToyWorld detector finds).
 
     Example: loraregistry demo --out /tmp/demo --prompt "a bouba on the right, stripes background"
     """
@@ -75,13 +78,29 @@ def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
         table.add_row(c.name, ", ".join(c.trigger_words), fmt(c.retrieval_score), fmt(probe), fmt(c.combined), decision)
     console.print(table)
 
-    image, weights = out / "compose.png", out / "weights.png"
+    image, weights, strip_path = out / "compose.png", out / "weights.png", out / "strip.png"
     result.save(str(image))
     result.save_weights_map(str(weights))
     names = ", ".join(c.name for c in sel.survivors)
-    console.print(f"[bold]3. wrote[/] {image} (LoRAs: {names}) and {weights} "
-                  f"(rows: {', '.join(result.lora_names)}; columns: steps) in {time.perf_counter() - t0:.0f}s")
+    console.print(f"[bold]3. compared[/] the same LoRAs and seed under base, merge, loratorio and {methods.DEFAULT}")
+    from composer import Job
+    from loraregistry.strip import method_strip
+
+    strip_methods = list(dict.fromkeys(["base", "merge", "loratorio", methods.DEFAULT]))
+    runs = [(m, ac.composer.run(Job(sel.prompt, loras=[c.ref() for c in sel.survivors], method=m, seed=seed,
+                                    steps=BUILTIN_STEPS, cfg=BUILTIN_CFG))) for m in strip_methods]
+    strip, info = method_strip(runs, sel.prompt)
+    strip.save(strip_path, pnginfo=info)
+    console.print("   " + info_labels(runs, sel.prompt))
+    console.print(f"[bold]4. wrote[/] {image} (LoRAs: {names}), {weights} "
+                  f"(rows: {', '.join(result.lora_names)}; columns: steps) and {strip_path} in {time.perf_counter() - t0:.0f}s")
     console.print(f"registry: {out / 'registry.db'}  (try: loraregistry --db {out / 'registry.db'} list)")
+
+
+def info_labels(runs, prompt: str) -> str:
+    from loraregistry.strip import detector_label
+
+    return "; ".join(f"{m}: {detector_label(r.image, prompt) or '-'}" for m, r in runs)
 
 
 COMMANDS = [demo]

@@ -78,3 +78,32 @@ def test_demo_ingests_composes_and_writes_image_and_weight_map(tmp_path):
     assert "kiki" in image.text["parameters"] and "checkerboard" in image.text["parameters"]
     rows = weights.text["rows"].split(", ")
     assert len(rows) == 2 and weights.size[1] > 2 * 48  # one row of cells per kept LoRA
+    strip = Image.open(out / "strip.png")
+    labels = dict(x.split(": ", 1) for x in strip.text["labels"].split("; "))
+    from composer import methods
+
+    assert list(labels) == list(dict.fromkeys(["base", "merge", "loratorio", methods.DEFAULT]))
+    assert all("kiki " in v and "checkerboard " in v for v in labels.values())  # the detector's verdict on each
+    assert strip.size[0] >= len(labels) * 256 and strip.text["parameters"].count("Seed: 0") == len(labels)
+
+
+def test_strip_labels_come_from_the_detector():
+    from types import SimpleNamespace
+
+    from PIL import Image as PILImage
+
+    from loraregistry.strip import detector_label, method_strip
+    from toyworld.captions import parse_caption
+    from toyworld.render import render
+
+    prompt = "a kiki on the left, checkerboard background"
+    import numpy as np
+
+    drawn = PILImage.fromarray(render(parse_caption(prompt), np.random.default_rng(0)))
+    blank = PILImage.new("RGB", (64, 64), (200, 200, 200))
+    assert detector_label(drawn, prompt) == "checkerboard yes, kiki yes"
+    assert detector_label(blank, prompt) == "checkerboard no, kiki no"
+    assert detector_label(blank, "a knight in a castle") == ""  # not ToyWorld's grammar: no verdict
+    strip, info = method_strip([("a", SimpleNamespace(image=drawn, parameters="p1")),
+                                ("b", SimpleNamespace(image=blank, parameters="p2"))], prompt)
+    assert strip.size[0] > 2 * 256 and "[a] p1" in info.chunks[0][1].decode()
