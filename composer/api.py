@@ -66,20 +66,24 @@ class Job:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Job":
-        """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k."""
+        """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k
+        and grounding/grounding_steps/region_prompts."""
         known = {"prompt", "loras", "method", "seed", "steps", "cfg", "width", "height", "negative_prompt", "name", "switch_every"}
+        grounding_keys = {"grounding": "source", "grounding_steps": "steps", "region_prompts": "prompts"}
         param_keys = {"p": "p", "tau": "tau", "lam": "lam", "lambda": "lam", "k": "k"}
-        unknown = set(d) - known - set(param_keys)
+        unknown = set(d) - known - set(param_keys) - set(grounding_keys)
         if unknown:
             raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
         if "prompt" not in d:
             raise ValueError("a job needs a prompt")
         kw = {k: v for k, v in d.items() if k in known}
         params = LoratorioParams(**{dst: d[src] for src, dst in param_keys.items() if src in d})
+        grounding = GroundingParams(**{dst: tuple(d[src]) if dst == "steps" else d[src]
+                                       for src, dst in grounding_keys.items() if src in d})
         loras = kw.pop("loras", []) or []
         if isinstance(loras, str):
             loras = [loras]
-        return cls(loras=[_lora_from_json(x) for x in loras], params=params, **kw)
+        return cls(loras=[_lora_from_json(x) for x in loras], params=params, grounding=grounding, **kw)
 
 
 def read_jobs(path: str, defaults: dict[str, Any]) -> list[Job]:
@@ -103,7 +107,7 @@ def read_jobs(path: str, defaults: dict[str, Any]) -> list[Job]:
 
 def _lora_from_json(x) -> LoraRef:
     if isinstance(x, dict):
-        return LoraRef(str(x.get("id", x.get("path", x.get("name")))), float(x.get("weight", 1.0)))
+        return LoraRef(str(x.get("id", x.get("path", x.get("name")))), float(x.get("weight", 1.0)), x.get("phrase"))
     if isinstance(x, (list, tuple)):
         return LoraRef(str(x[0]), float(x[1]) if len(x) > 1 else 1.0)
     return parse_lora_token(str(x))

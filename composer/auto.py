@@ -35,7 +35,7 @@ from composer import methods
 from composer.api import Composer, Job, Result
 from composer.cache import DEFAULT_CACHE_BYTES
 from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras, pipeline_family
-from composer.params import Generation, LoratorioParams, SelectionParams
+from composer.params import Generation, GroundingParams, LoratorioParams, SelectionParams
 from composer.probe import ProbeRun, run_probe
 from composer.relevance import combine_scores, prune
 from composer.retrieve import Candidate, SelectionError, resolve_pool, retrieve
@@ -273,8 +273,9 @@ class AutoComposer:
 
     # ------------------------------------------------------------------ 4. compose
     def compose(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, method: str = methods.DEFAULT,
-                params: LoratorioParams | None = None, name: str | None = None, progress=None,
-                gen: Generation | None = None, selection: SelectionParams | None = None, **settings: Any) -> AutoResult:
+                params: LoratorioParams | None = None, grounding: GroundingParams | None = None, name: str | None = None,
+                progress=None, gen: Generation | None = None, selection: SelectionParams | None = None,
+                **settings: Any) -> AutoResult:
         """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``.
 
         ``selection.reuse_probe``: start the composition from the probe's latents (its P steps are
@@ -287,7 +288,7 @@ class AutoComposer:
         params = params or LoratorioParams()
         chosen = self.select(prompt, pool, params=params, gen=gen, selection=sel)
         job = Job.with_generation(chosen.prompt, gen, loras=[c.ref() for c in chosen.survivors], method=method,
-                                  params=params, name=name)
+                                  params=params, grounding=grounding or GroundingParams(), name=name)
         t1 = time.perf_counter()
         replay = chosen.probe.outputs if (sel.reuse_probe and chosen.probe is not None) else ()
         result = self.composer.run(job, progress=progress, replay=replay)

@@ -13,11 +13,11 @@ from typing import Any
 import click
 
 from composer import methods
-from composer.params import Generation, LoratorioParams, SelectionParams
+from composer.params import Generation, GroundingParams, LoratorioParams, SelectionParams
 from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
 
-_LT, _SEL, _GEN = LoratorioParams(), SelectionParams(), Generation()
+_LT, _SEL, _GEN, _GR = LoratorioParams(), SelectionParams(), Generation(), GroundingParams()
 
 
 def _errors():
@@ -59,7 +59,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--model", "-m", default=None, metavar="ID_OR_DIR",
               help="Hugging Face id or save_pretrained directory (SD 1.x/2.x, SDXL). Env: LORAREGISTRY_MODEL. "
                    "Default: the built-in ToyWorld pipeline (and, without --db, its demo registry).")
-@click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT]", help="A LoRA file or registry id/name, optional weight. Repeatable.")
+@click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT][@PHRASE]",
+              help="A LoRA file or registry id/name, optional weight, and optionally the phrase of the prompt it is "
+                   "for (grounded methods: where it acts; default: the unit of the prompt with its trigger word). Repeatable.")
 @click.option("--method", type=click.Choice(methods.NAMES), default=methods.DEFAULT, show_default=True, help="How to combine the LoRAs.")
 @click.option("--steps", type=click.IntRange(1), default=None, help=f"Denoising steps (default {_GEN.steps}; built-in model {BUILTIN_STEPS}).")
 @click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale (default {_GEN.cfg:g}; built-in model {BUILTIN_CFG:g}).")
@@ -75,6 +77,14 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=_LT.tau, show_default=True, help="LoRAtorio SoftMin temperature.")
 @click.option("--lam", "lam", type=click.FloatRange(0, 1), default=_LT.lam, show_default=True, help="LoRAtorio re-centring weight lambda.")
 @click.option("--top-k", "k", type=click.IntRange(1), default=_LT.k, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
+@click.option("--grounding", "grounding_source", type=click.Choice(["contrast", "lora-contrast", "attention"]),
+              default=_GR.source, show_default=True,
+              help="Grounded methods: where each LoRA acts comes from the base model's prediction with and without "
+                   "its phrase (contrast), the LoRA's own (lora-contrast), or cross-attention to the phrase (attention).")
+@click.option("--grounding-steps", default=",".join(map(str, _GR.steps)), show_default=True, metavar="I,J",
+              help="Grounded methods: the steps whose latents the masks are measured on.")
+@click.option("--region-prompts", type=click.Choice(["own", "full"]), default=_GR.prompts, show_default=True,
+              help="regional: each LoRA's region reads its own phrase and the shared context (own) or the whole prompt.")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
@@ -135,13 +145,19 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                      steps=steps if steps is not None else (BUILTIN_STEPS if choice.builtin else _GEN.steps),
                      cfg=cfg if cfg is not None else (BUILTIN_CFG if choice.builtin else _GEN.cfg))
     params = LoratorioParams(**_take(opts, "p", "tau", "lam", "k"))
+    try:
+        steps_g = tuple(int(x) for x in opts.pop("grounding_steps").split(",") if x.strip())
+    except ValueError as exc:
+        raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
+    grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"))
     switch_every = opts.pop("switch_every")
 
     _quiet_libraries()
     auto = not batch_file and methods.method_class(method).needs_loras and (bool(pool) or (not loras and not tagged))
     if auto:
-        return _auto(cli_ctx, prompt, choice.path, runtime, method, gen, selection, params, list(pool), out, weights_map, as_json)
+        return _auto(cli_ctx, prompt, choice.path, runtime, method, gen, selection, params, grounding, list(pool), out,
+                     weights_map, as_json)
 
     from composer import Composer, Job
     from composer.api import read_jobs
@@ -150,12 +166,14 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     try:
         if batch_file:
             defaults = {"method": method, "switch_every": switch_every, "p": params.p, "tau": params.tau, "lam": params.lam,
-                        "k": params.k, **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
+                        "k": params.k, "grounding": grounding.source, "grounding_steps": list(grounding.steps),
+                        "region_prompts": grounding.prompts,
+                        **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)
         else:
             jobs = [Job.with_generation(prompt, gen, loras=[parse_lora_token(t) for t in loras], method=method,
-                                        params=params, switch_every=switch_every)]
+                                        params=params, grounding=grounding, switch_every=switch_every)]
         composer = Composer.from_pretrained(choice.path, registry=cli_ctx.registry, device=runtime["device"],
                                             dtype=runtime["dtype"], cache_bytes=runtime["cache_mb"] << 20, name=runtime["name"])
     except _errors() as exc:
@@ -228,8 +246,8 @@ class _DemoContext(CliContext):
 
 
 def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any], method: str, gen: Generation,
-          selection: SelectionParams, params: LoratorioParams, pool: list[str], out: str | None,
-          weights_map: str | None, as_json: bool) -> None:
+          selection: SelectionParams, params: LoratorioParams, grounding: GroundingParams, pool: list[str],
+          out: str | None, weights_map: str | None, as_json: bool) -> None:
     """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
     from composer import Composer
     from composer.auto import AutoComposer
@@ -242,7 +260,8 @@ def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any],
                                                    name=runtime["name"]), registry)
         with _progress(quiet) as bar:
             task = bar.add_task("compose", total=gen.steps)
-            result = ac.compose(prompt, pool or None, method=method, params=params, gen=gen, selection=selection,
+            result = ac.compose(prompt, pool or None, method=method, params=params, grounding=grounding, gen=gen,
+                                selection=selection,
                                 progress=lambda done, total: bar.update(task, completed=done))
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc

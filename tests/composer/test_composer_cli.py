@@ -114,3 +114,31 @@ def test_compose_in_half_precision(sd1_dir, sd1_loras, tmp_path):
         images[dtype] = np.asarray(Image.open(out)).astype(float)
     diff = np.abs(images["auto"] - images["bfloat16"])
     assert diff.mean() < 3 and images["bfloat16"].std() > 1  # close to float32, and not a blank image
+
+
+def test_compose_grounded_with_phrases_from_the_command_line(sd1_dir, sd1_loras, tmp_path):
+    """--lora FILE@PHRASE says which part of the prompt a LoRA is for; --grounding picks the mask
+    source; batch lines take the same fields."""
+    out = tmp_path / "g.png"
+    r = CliRunner().invoke(cli, ["compose", "a fox on the left, a hill on the right", "--model", sd1_dir, "--method", "regional",
+                                 "--lora", sd1_loras["kohya"] + "@a fox on the left", "--lora", sd1_loras["peft"] + ":0.7@a hill on the right",
+                                 "--grounding", "attention", "--grounding-steps", "0", "--steps", "2", "--width", "32",
+                                 "--height", "32", "--out", str(out), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output[r.output.index("{"):])
+    g = rep["options"]["grounding"]
+    assert (g["source"], g["steps"], g["units"]) == ("attention", [0], ["a fox on the left", "a hill on the right"])
+    assert [x["phrase"] for x in rep["loras"]] == ["a fox on the left", "a hill on the right"]
+    assert rep["loras"][1]["weight"] == 0.7
+    assert 'Grounding: "source=attention' in Image.open(out).text["parameters"]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"name": "g", "prompt": "a fox on the left, a hill on the right", "method": "grounded-loratorio",
+                                "loras": [{"path": sd1_loras["kohya"], "phrase": "a fox on the left"}, sd1_loras["peft"]],
+                                "grounding": "contrast", "grounding_steps": [0], "steps": 2}) + "\n")
+    r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(tmp_path / "b"),
+                                 "--width", "32", "--height", "32", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)[0]
+    assert rep["options"]["grounding"]["units"][0] == "a fox on the left" and rep["options"]["grounding"]["steps"] == [0]
+    r = CliRunner().invoke(cli, ["compose", "x", "--model", sd1_dir, "--lora", sd1_loras["peft"], "--grounding-steps", "a,b"])
+    assert r.exit_code == 2 and "--grounding-steps" in r.output
