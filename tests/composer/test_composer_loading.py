@@ -132,8 +132,8 @@ def test_lora_tokens_and_prompt_tags(tmp_path):
     assert parse_lora_token(str(f)) == LoraRef(str(f))
     prompt, refs = extract_prompt_loras("a knight, <lora:armor:0.8> castle <lora:ink>")
     assert prompt == "a knight, castle"
-    assert refs == [LoraRef("armor", 0.8), LoraRef("ink", 1.0)]
-    assert extract_prompt_loras("<lyco:falcon:0.5>, a bird") == ("a bird", [LoraRef("falcon", 0.5)])
+    assert refs == [LoraRef("armor", 0.8, "castle"), LoraRef("ink", 1.0, "castle")]  # the unit around each tag
+    assert extract_prompt_loras("<lyco:falcon:0.5>, a bird") == ("a bird", [LoraRef("falcon", 0.5)])  # a unit of its own
     with pytest.raises(LoraError, match="hypernetworks are not supported"):
         extract_prompt_loras("a bird <hypernet:old:1>")
 
