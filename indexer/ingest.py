@@ -469,8 +469,8 @@ class Ingester:
 
     def _ingest_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], scanned: dict[str, ScannedPath], candidate: AdapterCandidate) -> None:
         path = candidate.path
-        try:
-            size, mtime = self._stat(path, candidate.sidecars)
+        try:  # a preview added or replaced counts as a change, like a sidecar
+            size, mtime = self._stat(path, [*candidate.sidecars, *([candidate.preview] if candidate.preview else [])])
         except OSError as exc:
             self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
             return
@@ -482,6 +482,8 @@ class Ingester:
             if known is not None:
                 known_files[path] = known
         if known is not None and known.size_bytes == size and known.mtime_ns == mtime and known.status == "present" and not self.verify:
+            if known.preview_path != candidate.preview:  # a preview removed leaves the newest mtime as it was
+                known.preview_path = candidate.preview
             self.report.counts["unchanged"] += 1
             return
         if known is None and self._unchanged_problem(scanned, path, size, mtime):
@@ -534,7 +536,7 @@ class Ingester:
                 match = None
 
         try:
-            row, already = self._store_adapter(session, writer, known_files, known, record, match, path, size, mtime, sha256, verified, header, info)
+            row, already = self._store_adapter(session, writer, known_files, known, record, match, path, size, mtime, sha256, verified, header, info, candidate.preview)
         except _Duplicate as dup:  # the savepoint is rolled back: nothing of this file lands
             writer.forget()
             self._remember(session, scanned, path, "duplicate", str(dup), size, mtime)
@@ -546,7 +548,7 @@ class Ingester:
         self._mark_dirty(session, row.version.model)
         self.report.counts["updated" if known is not None else "unchanged" if already else "added"] += 1
 
-    def _store_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], known: LoraFile | None, record: ModelRecord | None, match: tuple[VersionRecord, FileRecord] | None, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo) -> tuple[LoraFile, bool]:
+    def _store_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], known: LoraFile | None, record: ModelRecord | None, match: tuple[VersionRecord, FileRecord] | None, path: str, size: int, mtime: int, sha256: str | None, verified: bool, header: SafetensorsHeader, info: FormatInfo, preview: str | None = None) -> tuple[LoraFile, bool]:
         """The file's row, and whether SQL already held it unchanged at this path."""
         with session.begin_nested():
             row, version = known, None
@@ -580,6 +582,7 @@ class Ingester:
             # after this batch looked (PostgreSQL reads committed rows statement by statement).
             already = row.path == path and (row.size_bytes, row.mtime_ns, row.status) == (size, mtime, "present")
             self._fill_file(row, path, size, mtime, sha256, verified, header, info)
+            row.preview_path = preview
             version = row.version
             self._apply_family(version, info, path)
             session.flush()
