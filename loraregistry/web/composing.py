@@ -58,6 +58,16 @@ class ModelInfo:
     cfg: float
 
 
+def _threads_for_this_job() -> None:
+    """As many torch threads as the machine has free cores now: on a shared machine, torch's
+    default (all cores) beside a busy core runs many times slower than fewer threads."""
+    import torch
+
+    from indexer.embed import free_cores
+
+    torch.set_num_threads(free_cores())
+
+
 def _quiet_libraries() -> None:
     """Keep diffusers/transformers load chatter out of the server's log (as ``compose`` does)."""
     import warnings
@@ -66,7 +76,9 @@ def _quiet_libraries() -> None:
     import transformers
 
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
 
 
@@ -109,6 +121,7 @@ class ComposeService:
         from composer.loras import LoraRef, extract_prompt_loras
 
         req = ComposeRequest.model_validate(request)
+        _threads_for_this_job()
         steps = req.steps or self.model.steps
         cfg = req.cfg if req.cfg is not None else self.model.cfg
         progress("loading the pipeline", 0, steps)

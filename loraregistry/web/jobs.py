@@ -82,7 +82,7 @@ class InProcessQueue:
     def __init__(self, runner: Runner, results: Callable[[str], dict[str, Any] | None], capacity: int = 8,
                  start: bool = True, history: int = 1000) -> None:
         self.capacity = capacity
-        self._runner = runner
+        self.runner = runner
         self._results = results
         self._pending: queue.Queue[str | None] = queue.Queue(maxsize=capacity)
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
@@ -160,7 +160,7 @@ class InProcessQueue:
                 self._update(job_id, phase=phase, done=done, total=total)
 
             try:
-                self._runner(job_id, request, progress)
+                self.runner(job_id, request, progress)
             except Exception as exc:  # one bad job must never stop the worker
                 log.warning("compose job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, (ValueError, LookupError)))
                 self._update(job_id, state="failed", phase="failed", error=_message(exc), finished_at=time.time())

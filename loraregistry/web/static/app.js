@@ -2,10 +2,7 @@
 // Data from the registry is only ever put into the page with textContent and attributes, never as HTML.
 "use strict";
 
-function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    return navigator.clipboard.writeText(text);
-  }
+function copyByCommand(text) {
   // Plain http on a non-loopback host has no clipboard API: the old way still works there.
   const area = document.createElement("textarea");
   area.value = text;
@@ -17,6 +14,13 @@ function copyText(text) {
   const ok = document.execCommand("copy");
   area.remove();
   return ok ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+}
+
+function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    return navigator.clipboard.writeText(text).catch(() => copyByCommand(text));
+  }
+  return copyByCommand(text);
 }
 
 document.addEventListener("click", (event) => {
