@@ -112,7 +112,11 @@ function setupCompose(form) {
     $("job-result").hidden = false;
     $("result-image").src = result.image_url;
     $("weights-figure").hidden = !result.weights_map_url;
-    if (result.weights_map_url) $("result-weights").src = result.weights_map_url;
+    if (result.weights_map_url) {
+      $("result-weights").src = result.weights_map_url;
+      const rows = result.report.loras.map((l) => l.name).join(", ");
+      $("weights-figure").querySelector("figcaption").textContent = `weight map (rows: ${rows}; columns: steps)`;
+    }
     $("result-parameters").textContent = result.parameters;
     const sel = result.report.selection;
     $("result-selection").replaceChildren(...(sel ? sel.candidates : []).map((c) =>
