@@ -210,10 +210,11 @@ def preview_file(registry: Any, entry_id: int) -> tuple[str, str] | None:
     system), and only while it is still a regular image file whose real location is in its own
     directory: a preview swapped for a symlink to elsewhere after the ingest is not served.
     """
-    try:
-        path = registry.get(entry_id).preview_path
-    except NotFound:
-        return None
+    with registry.session() as session:  # one small query: a card grid asks this 50 times a page
+        path = session.scalars(
+            select(LoraFile.preview_path).where(LoraFile.version_id == entry_id, LoraFile.status == "present",
+                                                LoraFile.preview_path.is_not(None))
+            .order_by(LoraFile.kind.is_distinct_from("Model"), LoraFile.is_primary.desc(), LoraFile.id)).first()
     if not path:
         return None
     real = os.path.realpath(path)

@@ -121,3 +121,15 @@ def test_fresh_install_serves_the_toyworld_registry_and_pipeline(monkeypatch):
     entries = registry.list(limit=20)
     assert len(entries) == 8 and all(e.preview_path and e.preview_path.endswith(".preview.png") for e in entries)
     registry.close()
+
+
+def test_openapi_documents_the_api(client):
+    spec = client.get("/api/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/api/search", "/api/entries", "/api/entries/{entry_id}", "/api/entries/{entry_id}/preview",
+                 "/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/result"):
+        assert path in paths, path
+    assert "/" not in paths and "/compose" not in paths  # the pages are not API
+    body = spec["components"]["schemas"]["ComposeRequest"]["properties"]
+    assert body["prompt"]["maxLength"] == 2000 and body["steps"]["anyOf"][0]["maximum"] == 150
+    assert "429" in paths["/api/jobs"]["post"]["responses"]
