@@ -51,11 +51,11 @@ def timed(fn):
 
 
 def per_image(work: Path, steps: int, probe_steps: int, reps: int) -> tuple[list[dict], dict]:
+    from composer_tiny import save_tiny_sd1, write_kohya_lora
     from diffusers import UNet2DConditionModel
 
     from composer import Job, LoraRef
     from composer.auto import AutoComposer
-    from composer_tiny import save_tiny_sd1, write_kohya_lora
 
     model = save_tiny_sd1(work / "sd1")
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
@@ -99,7 +99,7 @@ def retrieval(catalog_db: str | None, work: Path, reps: int) -> dict:
     import faiss
     import numpy as np
 
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     db = catalog_db or f"sqlite:///{work / 'catalog.db'}"
     if "://" not in db:

@@ -35,7 +35,7 @@ def peak_mb() -> float:
 
 
 def phase_catalog(work: Path) -> dict:
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reg = Registry.open(f"sqlite:///{work / 'catalog.db'}")
     reg.embedder()  # model load is not ingest work
@@ -76,7 +76,7 @@ def make_dump(root: Path, n: int) -> None:
 
 
 def phase_dump(work: Path, n: int) -> dict:
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     dump = work / "dump"
     if not dump.exists():
@@ -145,7 +145,7 @@ def _found(hit_entry, subject: tuple[int, set[str]]) -> bool:
 def phase_search(work: Path, queries: int, recall_n: int) -> dict:
     import numpy as np
 
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reg = Registry.open(f"sqlite:///{work / 'catalog.db'}")
     searcher = reg.searcher()

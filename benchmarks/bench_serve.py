@@ -14,11 +14,9 @@ takes minutes). This machine is shared and noisy: read the load average printed 
 from __future__ import annotations
 
 import argparse
-import gzip
 import http.client
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,7 @@ def build_registry(work: Path) -> str:
     from PIL import Image
     from safetensors.numpy import save_file
 
-    from registry.api import Registry
+    from loraregistry import Registry
 
     reg = Registry.open(url)
     t = time.perf_counter()
@@ -157,16 +155,15 @@ def search_level(port: int, clients: int, queries: list[str]) -> dict:
         th.join()
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    pct = lambda p: 1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]  # noqa: E731
+    pct = lambda p: 1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
     return {"clients": clients, "requests": len(lat), "errors": errors, "p50_ms": pct(50), "p99_ms": pct(99),
             "mean_ms": 1000 * statistics.mean(lat), "per_s": len(lat) / wall, "wall_s": wall}
 
 
 def page_loads(port: int, path: str, n: int) -> dict:
     """Median navigation timings of ``path`` over ``n`` loads in headless Chromium (cache off)."""
-    from selenium.webdriver.common.by import By
-
     from browser import chrome
+    from selenium.webdriver.common.by import By
 
     driver = chrome(1400, 1000)
     driver.execute_cdp_cmd("Network.enable", {})
@@ -191,7 +188,7 @@ def page_loads(port: int, path: str, n: int) -> dict:
     finally:
         driver.quit()
     runs = runs[1:]
-    med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+    med = lambda k: statistics.median(r[k] for r in runs)
     return {"path": path, "loads": len(runs), "cards": runs[0]["cards"], "images": runs[0]["images"],
             "html_ms": med("html_ms"), "dom_ms": med("dom_ms"), "load_ms": med("load_ms"),
             "all_images_ms": med("all_images_ms"), "html_bytes": med("bytes")}

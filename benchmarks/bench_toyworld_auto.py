@@ -39,6 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bench_toyworld_selection import toyworld_setup
+
     from composer import Job
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir
     from toyworld.detect import task_succeeds

@@ -34,8 +34,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     from composer import Composer, Job, LoratorioParams
-    from composer import math as cm
-    from composer.denoiser import LoratorioCombine
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir, builtin_pipeline_dir
     from loraregistry.cli.compose import _quiet_libraries
     from toyworld import spec
@@ -46,21 +44,14 @@ def main() -> None:
     params = LoratorioParams()
     record: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    class Spy(LoratorioCombine):
-        def __call__(self, eps_u, eps_c, step):
-            u, c, omega = super().__call__(eps_u, eps_c, step)
-            sim = cm.patch_cosine_similarity(eps_c[1:], eps_c[0], self.p)
-            record.append(((1 - sim)[:, 0], omega[:, 0]))
-            return u, c, omega
+    def observe(step: dict) -> None:  # the composer's per-step callback: divergence and weights, image 0
+        record.append(((1 - step["similarity"])[:, 0], step["weights"][:, 0]))
 
-    import composer.api as api
-
-    api.LoratorioCombine = Spy
     dump = builtin_dump_dir()
     scale = spec.SIZE // 16 * params.p  # image pixels per patch side
     lines = ["# Where each LoRA diverges from the base on ToyWorld", "",
              f"`python benchmarks/bench_toyworld_divergence.py --seeds {args.seeds}`: LoRAtorio p={params.p}, "
-             f"tau={params.tau}, lambda={params.lam}, equalise={params.equalise}; DDIM {BUILTIN_STEPS} steps, CFG "
+             f"tau={params.tau}, lambda={params.lam}; DDIM {BUILTIN_STEPS} steps, CFG "
              f"{BUILTIN_CFG}. Per step: each LoRA's mean divergence from the base (1 - patch cosine) inside "
              "the object's slot box | outside it, and its mean SoftMin weight inside the box (the object "
              "LoRA should win there).", "",
@@ -75,7 +66,8 @@ def main() -> None:
         for seed in range(args.seeds):
             record.clear()
             composer.run(Job(prompt, loras=[str(dump / f"toyworld_{s}.safetensors") for s in (obj, other)],
-                             method="loratorio", seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, params=params))
+                             method="loratorio", seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, params=params),
+                         callback=observe)
             for i, s in enumerate((obj, other)):
                 per[s].append([(float(d[i][box].mean()), float(d[i][~box].mean()), float(w[i][box].mean()))
                                for d, w in record])

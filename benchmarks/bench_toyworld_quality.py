@@ -54,12 +54,11 @@ def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of
 
 def _job(method: str, task: dict, params: dict):
     from composer import Job, LoratorioParams
+    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
     from toyworld import spec
 
-    from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
-
     dump = ASSETS / "dump"
-    lora = lambda s: str(dump / f"toyworld_{s}.safetensors")  # noqa: E731
+    lora = lambda s: str(dump / f"toyworld_{s}.safetensors")
     kw = dict(steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, seed=task["seed"])
     p = LoratorioParams(**params)
     if method == "base":
@@ -289,13 +288,13 @@ def explain(pipeline: str, skills: tuple[str, ...], out: Path, seeds: int = 6) -
 
     _quiet_libraries()
     composer = Composer.from_pretrained(pipeline, device="cpu", cache_bytes=None)
-    lora = lambda s: str(ASSETS / "dump" / f"toyworld_{s}.safetensors")  # noqa: E731
+    lora = lambda s: str(ASSETS / "dump" / f"toyworld_{s}.safetensors")
     tasks = [task_for(skills, np.random.default_rng([3, s])) for s in range(seeds)]
     rows = [("base", [], "base")] + [(f"{s} alone", [lora(s)], "merge") for s in skills]
     rows += [(m, [lora(s) for s in skills], m) for m in ("merge", "switch", "composite", "loratorio")]
     grid = np.full((len(rows) * 70, seeds * 66, 3), 255, np.uint8)
     weights_map = None
-    for r, (label, loras, method) in enumerate(rows):
+    for r, (_label, loras, method) in enumerate(rows):
         for c, task in enumerate(tasks):
             res = composer.run(Job(task.prompt, loras=loras, method=method, seed=1000 + c, steps=BUILTIN_STEPS,
                                    cfg=BUILTIN_CFG))

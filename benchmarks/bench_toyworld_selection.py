@@ -33,9 +33,9 @@ def toyworld_setup():
     """An AutoComposer on the built-in ToyWorld pipeline with a fresh registry of its dump, and
     the 25 two-skill tasks of SPEC (one seeded scene each)."""
     from composer.auto import AutoComposer
+    from loraregistry.api import Registry
     from loraregistry.builtin import builtin_dump_dir, builtin_pipeline_dir
     from loraregistry.cli.compose import _quiet_libraries
-    from registry.api import Registry
     from toyworld.captions import task_for, task_skill_sets
 
     _quiet_libraries()

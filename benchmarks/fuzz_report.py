@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.registry import fuzzing, pgserver  # noqa: E402
+from tests.registry import fuzzing, pgserver
 
 
 class Tally:
@@ -48,7 +48,7 @@ class Tally:
             lost = "good entry lost" in str(exc)
             (self.lost if lost else self.failures)[kind] += 1
             self.examples.setdefault(kind, f"{exc}"[:300])
-        except Exception:  # noqa: BLE001  (a crash is what we count)
+        except Exception:
             self.failures[kind] += 1
             self.examples.setdefault(kind, traceback.format_exc(limit=3)[-400:])
         self.seconds[kind] += time.perf_counter() - start
@@ -66,7 +66,7 @@ def parser_campaign(tally: Tally, n: int) -> None:
 
 
 def ingest_campaign(tally: Tally, url: str, backend: str, n: int) -> None:
-    from registry.api import Registry
+    from loraregistry.api import Registry
     from tests.registry.ingest_worker import HASH_EMBED_MODEL, install_hash_embedder
     from tests.registry.test_fuzz import check_ingest
 

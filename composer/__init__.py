@@ -1,4 +1,5 @@
-"""LoRAtorio multi-LoRA composition on stock diffusers pipelines (plus base/merge/switch/composite).
+"""Multi-LoRA composition on stock diffusers pipelines: LoRAtorio and the baselines, one class per
+method (``composer.methods``).
 
 Names are imported on first use (PEP 562) so that ``composer.params`` and ``composer.math`` can be
 read without importing diffusers.
@@ -11,7 +12,8 @@ from typing import Any
 _EXPORTS = {
     "METHODS": "composer.api", "Composer": "composer.api", "Job": "composer.api", "Result": "composer.api",
     "compose": "composer.api", "load_pipeline": "composer.api", "LoratorioParams": "composer.params",
-    "LoraError": "composer.loras", "LoraRef": "composer.loras",
+    "Generation": "composer.params", "SelectionParams": "composer.params",
+    "LoraError": "composer.errors", "LoraRef": "composer.loras",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,18 +10,20 @@ Example::
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
+from composer import methods
 from composer.cache import DEFAULT_CACHE_BYTES
-from composer.callbacks import StepCallbacks, SwitchLoras, progress_callback
-from composer.denoiser import BASE, Branch, LoratorioCombine, MultiLoraDenoiser, combine_mean, combine_single, installed
-from composer.params import LoratorioParams
+from composer.callbacks import StepCallbacks, progress_callback
+from composer.denoiser import Branch, MultiLoraDenoiser, installed
 from composer.loras import LoadedLora, LoraError, LoraLoader, LoraRef, extract_prompt_loras, parse_lora_token, pipeline_family
+from composer.methods.base import MethodContext
+from composer.params import Generation, GroundingParams, LoratorioParams
 
-METHODS = ("base", "merge", "switch", "composite", "loratorio")
+METHODS = methods.NAMES  # the names; composer.methods.METHODS maps them to classes
 
 # A1111 sampler names for diffusers schedulers (what the `parameters` chunk says).
 _SAMPLERS = {
@@ -34,11 +36,12 @@ _SAMPLERS = {
 @dataclass
 class Job:
     """One image to generate. ``loras`` are ``LoraRef``s or ``"ID_OR_FILE[:WEIGHT]"`` strings;
-    ``<lora:name:w>`` tags in the prompt add more."""
+    ``<lora:name:w>`` tags in the prompt add more. ``method`` names a composition method
+    (``composer.methods.NAMES``); ``params`` are LoRAtorio's, ``switch_every`` Switch's."""
 
     prompt: str
     loras: Sequence[LoraRef | str] = ()
-    method: str = "loratorio"
+    method: str = methods.DEFAULT
     seed: int = 0
     steps: int = 20
     cfg: float = 7.5
@@ -48,23 +51,54 @@ class Job:
     name: str | None = None
     switch_every: int = 1
     params: LoratorioParams = field(default_factory=LoratorioParams)
+    grounding: GroundingParams = field(default_factory=GroundingParams)
+    masks: Any = None  # grounded methods: fixed masks (N, B, H, W) or step -> masks, instead of a mask source
     batched: bool = True
+
+    @classmethod
+    def with_generation(cls, prompt: str, gen: Generation, **kw: Any) -> "Job":
+        return cls(prompt, seed=gen.seed, steps=gen.steps, cfg=gen.cfg, width=gen.width, height=gen.height,
+                   negative_prompt=gen.negative_prompt, **kw)
+
+    @property
+    def generation(self) -> Generation:
+        return Generation(self.steps, self.cfg, self.seed, self.width, self.height, self.negative_prompt)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Job":
         """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k."""
         known = {"prompt", "loras", "method", "seed", "steps", "cfg", "width", "height", "negative_prompt", "name", "switch_every"}
-        unknown = set(d) - known - {"p", "tau", "lam", "lambda", "k", "equalise"}
+        param_keys = {"p": "p", "tau": "tau", "lam": "lam", "lambda": "lam", "k": "k"}
+        unknown = set(d) - known - set(param_keys)
         if unknown:
             raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
         if "prompt" not in d:
             raise ValueError("a job needs a prompt")
         kw = {k: v for k, v in d.items() if k in known}
-        params = LoratorioParams(**{k: d[src] for k, src in (("p", "p"), ("tau", "tau"), ("lam", "lam"), ("lam", "lambda"), ("k", "k"), ("equalise", "equalise")) if src in d})
+        params = LoratorioParams(**{dst: d[src] for src, dst in param_keys.items() if src in d})
         loras = kw.pop("loras", []) or []
         if isinstance(loras, str):
             loras = [loras]
         return cls(loras=[_lora_from_json(x) for x in loras], params=params, **kw)
+
+
+def read_jobs(path: str, defaults: dict[str, Any]) -> list[Job]:
+    """The jobs of a JSON Lines batch file, each line over ``defaults``; ValueError naming the
+    file and line of the first bad one. A job without a name is called ``jobNNNN`` (its line)."""
+    import json
+
+    jobs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = {**defaults, **json.loads(line)}
+                d.setdefault("name", f"job{n:04d}")
+                jobs.append(Job.from_dict(d))
+            except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{n}: {exc}") from exc
+    return jobs
 
 
 def _lora_from_json(x) -> LoraRef:
@@ -85,7 +119,7 @@ class Result:
 
     def save(self, path: str) -> None:
         """PNG with A1111's ``parameters`` text chunk."""
-        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+        from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         info.add_text("parameters", self.parameters)
@@ -93,7 +127,7 @@ class Result:
 
     def save_weights_map(self, path: str) -> None:
         """The weights map as a PNG carrying the generation parameters and which LoRA each row is."""
-        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+        from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         info.add_text("parameters", self.parameters)
@@ -107,7 +141,7 @@ class Result:
 
 def weights_map_image(weights: Sequence[torch.Tensor], cell: int = 48, max_steps: int = 12):
     """Grid image: rows are LoRAs, columns (up to ``max_steps``, evenly spread) are steps; white = weight 1."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     if not weights:
         raise ValueError("no per-step weights were recorded (method 'base' has no LoRAs)")
@@ -142,7 +176,7 @@ def resolve_dtype(dtype: torch.dtype | str, device: str) -> torch.dtype:
 def load_pipeline(model: str, device: str | None = None, dtype: torch.dtype | str = "auto"):
     """An SD 1.x/2.x or SDXL pipeline from a Hugging Face id or a ``save_pretrained`` directory,
     on ``device`` (default: cuda if there is one) in ``dtype`` (see :func:`resolve_dtype`)."""
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: PLC0415
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = DiffusionPipeline.from_pretrained(model, dtype=resolve_dtype(dtype, device))
@@ -169,7 +203,7 @@ class Composer:
     @classmethod
     def from_pretrained(cls, model: str, registry=None, device: str | None = None, dtype: torch.dtype | str = "auto",
                         cache_bytes: int | None = DEFAULT_CACHE_BYTES, name: str | None = None) -> "Composer":
-        import os  # noqa: PLC0415
+        import os
 
         name = name or os.path.basename(os.path.normpath(model))
         return cls(load_pipeline(model, device, dtype), registry, name, cache_bytes)
@@ -187,11 +221,12 @@ class Composer:
         pe, npe = self.pipe.encode_prompt(prompt, device, 1, True, negative)
         return pe, npe, None, None
 
-    def _has_adapters(self) -> bool:
+    def has_adapters(self) -> bool:
+        """Whether any LoRA is installed on the pipeline (the loader's cache)."""
         return bool(getattr(self.loader, "_by_path", None))
 
-    def _branch(self, adapter: str | None, prompt: str, negative: str, active: list[LoadedLora] | None,
-                encodings: dict | None = None) -> Branch:
+    def branch(self, adapter: str | None, prompt: str, negative: str, active: list[LoadedLora] | None,
+               encodings: dict | None = None) -> Branch:
         """Encode the prompt with exactly ``active`` text-encoder adapters on (None/[]: base text
         encoder). LoRAs without text-encoder weights do not change the encoding, so branches that
         differ only in those share one (``encodings``: a cache for one job)."""
@@ -199,7 +234,7 @@ class Composer:
         key = (prompt, negative, tuple((a.adapter, a.weight) for a in te_active))
         if encodings is not None and key in encodings:
             return Branch(adapter, *encodings[key])
-        if self._has_adapters():
+        if self.has_adapters():
             self._set_text_encoder_adapters(te_active)
         enc = self._encode(prompt, negative)
         if encodings is not None:
@@ -208,8 +243,7 @@ class Composer:
 
     def _set_text_encoder_adapters(self, active: list[LoadedLora]) -> None:
         """Only the text encoders: the UNet's adapters are set once per job, not per branch."""
-        from diffusers.loaders.lora_base import (  # noqa: PLC0415
-            disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder)
+        from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder
 
         for name in ("text_encoder", "text_encoder_2"):
             te = getattr(self.pipe, name, None)
@@ -225,96 +259,70 @@ class Composer:
     # ------------------------------------------------------------------ run
     def prepare(self, job: Job) -> tuple[str, list[LoadedLora]]:
         """Parse prompt tags, resolve and load every LoRA (refusing bad ones) before any denoising."""
-        if job.method not in METHODS:
-            raise ValueError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
+        method_cls = methods.method_class(job.method)
         prompt, tagged = extract_prompt_loras(job.prompt)
         refs = [r if isinstance(r, LoraRef) else parse_lora_token(r) for r in job.loras] + tagged
         loras = self.loader.load_all(refs)
-        if job.method != "base" and not loras:
+        if not method_cls.needs_loras:
+            return prompt, []
+        if not loras:
             raise ValueError(f"method {job.method!r} needs at least one LoRA")
-        if job.method == "base":
-            loras = []
         return prompt, loras
 
     def run(self, job: Job, progress: Callable[[int, int], None] | None = None,
-            replay: Sequence[torch.Tensor] = ()) -> Result:
-        """Generate ``job``. ``replay``: the guided noise predictions of the first steps, taken as
-        they are instead of running the UNet (a probe's steps from the same seed and settings)."""
+            replay: Sequence[torch.Tensor] = (), callback: Callable[[dict[str, Any]], None] | None = None) -> Result:
+        """Generate ``job``. ``progress(done, total)`` after every step. ``replay``: the guided noise
+        predictions of the first steps, taken as they are instead of running the UNet (a probe's
+        steps from the same seed and settings). ``callback``: sees every step's predictions and
+        weights (:class:`composer.denoiser.MultiLoraDenoiser`)."""
         t0 = time.perf_counter()
         prompt, loras = self.prepare(job)
-        names = [a.adapter for a in loras]
-        weights = [a.weight for a in loras]
-        neg = job.negative_prompt
-        switch = None
-        enc: dict = {}  # prompt encodings shared by branches whose LoRAs have no text-encoder part
-        if job.method == "base":
-            branches, combine = [self._branch(BASE if self._has_adapters() else None, prompt, neg, None, enc)], combine_single
-            if branches[0].adapter is None:
-                pass
-        elif job.method == "merge":
-            branches, combine = [self._branch(None, prompt, neg, loras, enc)], combine_single
-        elif job.method == "switch":
-            branches, combine = [self._branch(None, prompt, neg, [a], enc) for a in loras], combine_single
-        elif job.method == "composite":
-            branches, combine = [self._branch(a.adapter, prompt, neg, [a], enc) for a in loras], combine_mean
-        else:
-            branches = [self._branch(BASE, prompt, neg, None, enc)] + [self._branch(a.adapter, prompt, neg, [a], enc) for a in loras]
-            combine = LoratorioCombine(job.params.p, job.params.tau, job.params.lam, job.params.k, job.params.equalise)
-        # Adapter state for denoising: scales for every LoRA of the job (mixed batches read them).
+        method = methods.for_job(job)
+        ctx = MethodContext(self, prompt, job.negative_prompt, loras, job)
+        branches = method.branches(ctx)
+        # Adapter state for denoising: scales for every LoRA of the job (mixed batches read them);
+        # with no LoRA but adapters installed, the base branch runs as "__base__" in a mixed batch.
         if loras:
             self.pipe.enable_lora()
-            self.pipe.set_adapters(names, weights)
-        elif self._has_adapters():
-            self.pipe.enable_lora()  # the base branch runs as "__base__" in a mixed batch
-        denoiser = MultiLoraDenoiser(self.pipe.unet, branches, combine, batched=job.batched, replay=replay)
-        if job.method == "switch":
-            switch = SwitchLoras(denoiser, names, weights, job.switch_every)
-            switch.activate(self.pipe, 0)
-        callback = StepCallbacks(switch, progress_callback(progress, job.steps) if progress else None)
+            self.pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
+        elif self.has_adapters():
+            self.pipe.enable_lora()
+        denoiser = MultiLoraDenoiser(self.pipe.unet, branches, method.combine, batched=job.batched, replay=replay,
+                                     uncond_branches=method.uncond_branches, callback=callback,
+                                     prepare=method.before_step)
+        step_callbacks = method.callbacks(ctx, denoiser)
+        step_callbacks.append(progress_callback(progress, job.steps) if progress else None)
         first = branches[0]
         kwargs: dict[str, Any] = dict(
             prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=job.steps,
             guidance_scale=job.cfg, height=job.height, width=job.width, output_type="pil",
-            generator=torch.Generator("cpu").manual_seed(job.seed), callback_on_step_end=callback,
+            generator=torch.Generator("cpu").manual_seed(job.seed), callback_on_step_end=StepCallbacks(*step_callbacks),
         )
         if self.is_sdxl:
             kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
-        with torch.inference_mode(), installed(self.pipe, denoiser):
+        with torch.inference_mode(), installed(self.pipe, denoiser), method.hooks(ctx, denoiser):
             image = self.pipe(**kwargs).images[0]
-        per_step = self._step_weights(job, denoiser, switch, loras)
+        per_step = method.step_weights(ctx, denoiser, job.steps)
         seconds = time.perf_counter() - t0
         height = job.height or image.height
         width = job.width or image.width
         report = {
-            "name": job.name, "prompt": prompt, "negative_prompt": neg, "model": self.model_name,
-            "method": job.method, "seed": job.seed, "steps": job.steps, "cfg": job.cfg, "width": width,
-            "height": height, "sampler": self.sampler_name(), "loras": [a.report() for a in loras],
-            "loratorio": asdict(job.params) if job.method == "loratorio" else None,
-            "switch_every": job.switch_every if job.method == "switch" else None,
+            "name": job.name, "prompt": prompt, "negative_prompt": job.negative_prompt, "model": self.model_name,
+            "method": job.method, "options": method.options(), "seed": job.seed, "steps": job.steps, "cfg": job.cfg,
+            "width": width, "height": height, "sampler": self.sampler_name(), "loras": [a.report() for a in loras],
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
             "batched": job.batched, "unet_calls": denoiser.unet_calls, "unet_samples": denoiser.unet_samples,
             "replayed_steps": len(replay), "seconds": round(seconds, 3),
         }
-        return Result(image, self.parameters_text(prompt, loras, job, width, height), report, per_step,
-                      [a.name for a in loras])
-
-    def _step_weights(self, job, denoiser, switch, loras) -> list[torch.Tensor]:
-        n = len(loras)
-        if job.method == "loratorio":
-            return [w[:, 0] for w in denoiser.weights]
-        if job.method == "composite":
-            return [torch.full((n, 1, 1), 1.0 / n) for _ in range(job.steps)]
-        if job.method == "switch" and switch is not None:
-            return [torch.nn.functional.one_hot(torch.tensor(k), n).float().reshape(n, 1, 1) for k in switch.history[: job.steps]]
-        if job.method == "merge":
-            return [torch.tensor([a.weight for a in loras]).reshape(n, 1, 1) for _ in range(job.steps)]
-        return []
+        return Result(image, self.parameters_text(prompt, loras, job, width, height, method.settings()), report,
+                      per_step, [a.name for a in loras])
 
     def sampler_name(self) -> str:
         name = type(self.pipe.scheduler).__name__
         return _SAMPLERS.get(name, name)
 
-    def parameters_text(self, prompt: str, loras: list[LoadedLora], job: Job, width: int, height: int) -> str:
+    def parameters_text(self, prompt: str, loras: list[LoadedLora], job: Job, width: int, height: int,
+                        method_settings: Sequence[str] = ()) -> str:
         """A1111's ``parameters`` convention: prompt with ``<lora:...>`` tags, negative prompt, then settings."""
         tags = "".join(f" <lora:{a.name}:{a.weight:g}>" for a in loras)
         lines = [prompt + tags]
@@ -325,11 +333,7 @@ class Composer:
         if loras:
             settings.append('Lora hashes: "' + ", ".join(f"{a.name}: {a.autov3}" for a in loras) + '"')
         settings.append(f"Composition: {job.method}")
-        if job.method == "loratorio":
-            p = job.params
-            settings.append(f'LoRAtorio: "p={p.p}, tau={p.tau:g}, lambda={p.lam:g}, k={p.k}, equalise={p.equalise}"')
-        if job.method == "switch":
-            settings.append(f"Switch every: {job.switch_every}")
+        settings.extend(method_settings)
         lines.append(", ".join(settings))
         return "\n".join(lines)
 

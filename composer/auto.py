@@ -1,7 +1,7 @@
 """Retrieve, probe, prune, compose: a composer that picks its own LoRAs for a prompt.
 
     from composer.auto import AutoComposer
-    from registry.api import Registry
+    from loraregistry import Registry
     ac = AutoComposer.from_pretrained("./sd15", Registry.open("sqlite:///loras.db"))
     r = ac.compose("a kiki on the left, checkerboard background", k=2, seed=1)
     r.save("out.png"); print(r.report["selection"]["survivors"])
@@ -14,9 +14,15 @@
 3. prune: the combined score (probe x retrieval, geometric) keeps at most k, above a relative
    threshold; every dropped candidate gets its reason.
 4. compose: the full composition (LoRAtorio by default) of the survivors from the same seed.
+
+Settings travel as two objects (composer.params): ``Generation`` (steps, cfg, seed, size,
+negative prompt) and ``SelectionParams`` (K, k, P, threshold, retrieval weight, probe top-k,
+re-use of the probe). Each public method takes them as ``gen=`` / ``selection=`` or as keywords
+named like their fields (``k`` is ``keep``), whichever reads better at the call.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,22 +31,30 @@ from typing import Any, Sequence
 
 import torch
 
-from composer.api import METHODS, Composer, Job, LoratorioParams, Result
+from composer import methods
+from composer.api import Composer, Job, Result
 from composer.cache import DEFAULT_CACHE_BYTES
-from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras
+from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras, pipeline_family
+from composer.params import Generation, LoratorioParams, SelectionParams
 from composer.probe import ProbeRun, run_probe
 from composer.relevance import combine_scores, prune
-from composer.retrieve import Candidate, SelectionError, registry_family, resolve_pool, retrieve
+from composer.retrieve import Candidate, SelectionError, resolve_pool, retrieve
 
-DEFAULT_CANDIDATES = 16  # K
-DEFAULT_PROBE_STEPS = 3  # P
-DEFAULT_KEEP = 4  # k (k_max)
-DEFAULT_THRESHOLD = 0.5  # relative to the best combined score
-# Measured on ToyWorld (benchmarks/results/toyworld_selection.md, 25 two-skill tasks x 2 seeds): the
-# survivors were exactly the two named LoRAs in 58% / 100% / 100% of runs at weight 0.5 / 0.75 / 1
-# with k = 2. The probe alone (weight 0) prefers whole-image LoRAs, which diverge from the base
-# everywhere; 0.75 lets retrieval lead while the probe still orders near-equal candidates.
-DEFAULT_RETRIEVAL_WEIGHT = 0.75
+_GEN_FIELDS = {f.name for f in dataclasses.fields(Generation)}
+_SEL_FIELDS = {f.name for f in dataclasses.fields(SelectionParams)}
+
+
+def settings_of(gen: Generation | None, selection: SelectionParams | None, kw: dict[str, Any]) -> tuple[Generation, SelectionParams]:
+    """``gen`` and ``selection`` with the keyword overrides applied (``k`` means ``keep``)."""
+    kw = dict(kw)
+    if "k" in kw:
+        kw["keep"] = kw.pop("k")
+    unknown = set(kw) - _GEN_FIELDS - _SEL_FIELDS
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    gen = dataclasses.replace(gen or Generation(), **{k: v for k, v in kw.items() if k in _GEN_FIELDS})
+    selection = dataclasses.replace(selection or SelectionParams(), **{k: v for k, v in kw.items() if k in _SEL_FIELDS})
+    return gen, selection
 
 
 @dataclass
@@ -53,14 +67,17 @@ class Selection:
     survivors: list[Candidate]
     retrieval: dict[str, Any] | None
     probe: ProbeRun | None
-    k: int
-    threshold: float
-    retrieval_weight: float
+    params: SelectionParams  # with ``keep`` resolved to the k used
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.params.keep or 0)
 
     def report(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "k": self.k, "threshold": self.threshold, "retrieval_weight": self.retrieval_weight,
+            "mode": self.mode, "k": self.k, "threshold": self.params.threshold,
+            "retrieval_weight": self.params.retrieval_weight,
             "retrieval": self.retrieval, "probe": None if self.probe is None else self.probe.report(),
             "candidates": [c.report() for c in self.candidates],
             "survivors": [c.name for c in self.survivors],
@@ -84,7 +101,8 @@ class Selection:
         probe = self.probe
         return ", ".join([
             f"LoRA selection: {self.mode}",
-            f'Selection: "K={len(self.candidates)}, k={self.k}, threshold={self.threshold:g}, retrieval weight={self.retrieval_weight:g}, '
+            f'Selection: "K={len(self.candidates)}, k={self.k}, threshold={self.params.threshold:g}, '
+            f'retrieval weight={self.params.retrieval_weight:g}, '
             f'probe steps={probe.steps if probe else 0}, probe top-k={probe.top_k if probe else None}, '
             f'probe UNet samples={probe.unet_samples if probe else 0}"',
             'Candidates: "' + "; ".join(fmt(c) for c in self.candidates) + '"',
@@ -99,7 +117,7 @@ class AutoResult(Result):
 
     def save(self, path: str) -> None:
         """PNG with ``parameters`` (A1111) and ``loraregistry`` (the full JSON report) text chunks."""
-        from PIL.PngImagePlugin import PngInfo  # noqa: PLC0415
+        from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         info.add_text("parameters", self.parameters)
@@ -113,13 +131,13 @@ class AutoComposer:
     Args:
         composer: a warm Composer (its LoRA cache is shared: a second compose with overlapping
             candidates reads none of them again).
-        registry: a ``registry.api.Registry`` (None: pools of files only).
+        registry: a ``loraregistry.Registry`` (None: pools of files only).
     """
 
     def __init__(self, composer: Composer, registry=None) -> None:
         self.composer = composer
         self.registry = registry
-        self.family = registry_family(composer.pipe)
+        self.family = pipeline_family(composer.pipe)
 
     @classmethod
     def from_pipeline(cls, pipe, registry=None, cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "AutoComposer":
@@ -137,7 +155,7 @@ class AutoComposer:
         return self.composer.loader.reads
 
     # ------------------------------------------------------------------ 1. retrieve
-    def retrieve(self, prompt: str, candidates: int = DEFAULT_CANDIDATES) -> list[Candidate]:
+    def retrieve(self, prompt: str, candidates: int = SelectionParams.candidates) -> list[Candidate]:
         """The registry's best ``candidates`` entries for ``prompt`` that this pipeline can load."""
         return self._retrieve(prompt, candidates)[0]
 
@@ -169,17 +187,17 @@ class AutoComposer:
         return loaded
 
     def probe(self, prompt: str, pool: Sequence[str | LoraRef | Candidate] | None = None, *,
-              candidates: int = DEFAULT_CANDIDATES, probe_steps: int = DEFAULT_PROBE_STEPS, steps: int = 20,
-              seed: int = 0, top_k: int | None = DEFAULT_KEEP, cfg: float = 7.5, width: int | None = None,
-              height: int | None = None, negative_prompt: str = "", params: LoratorioParams | None = None,
-              retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT) -> list[Candidate]:
+              params: LoratorioParams | None = None, gen: Generation | None = None,
+              selection: SelectionParams | None = None, **settings: Any) -> list[Candidate]:
         """Probe scores (``c.probe``: far, coverage, score) and ``c.combined`` for each candidate:
-        ``pool`` items, or the registry's top ``candidates``. Best first; nothing is pruned."""
+        ``pool`` items, or the registry's top ``candidates``. Best first; nothing is pruned.
+        The probe's top-k is ``probe_top_k``, else ``keep``, else SelectionParams.MAX_KEEP."""
+        gen, sel = settings_of(gen, selection, settings)
         prompt = self._clean_prompt(prompt)
-        cands = self._candidates(prompt, pool, candidates)[0]
+        cands = self._candidates(prompt, pool, sel.candidates)[0]
         loaded = self._load(cands, strict=pool is not None)
-        run = self._probe(prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative_prompt,
-                          params or LoratorioParams(), retrieval_weight)
+        top_k = sel.probe_top_k if sel.probe_top_k is not None else (sel.keep or SelectionParams.MAX_KEEP)
+        self._probe(prompt, loaded, gen, sel, top_k, params or LoratorioParams())
         scored = [c for c, _ in loaded]
         return sorted(scored, key=lambda c: -(c.combined or 0.0)) + [c for c in cands if c not in scored]
 
@@ -191,16 +209,15 @@ class AutoComposer:
             return items, None
         return resolve_pool(self.registry, items, self.family), None
 
-    def _probe(self, prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative, params,
-               retrieval_weight) -> ProbeRun:
-        run = run_probe(self.composer, prompt, [a for _, a in loaded], probe_steps=probe_steps, steps=steps, seed=seed,
-                        cfg=cfg, width=width, height=height, negative_prompt=negative, p=params.p, tau=params.tau,
-                        top_k=top_k)
+    def _probe(self, prompt: str, loaded: list[tuple[Candidate, LoadedLora]], gen: Generation, sel: SelectionParams,
+               top_k: int | None, params: LoratorioParams) -> ProbeRun:
+        run = run_probe(self.composer, prompt, [a for _, a in loaded], gen, probe_steps=sel.probe_steps, p=params.p,
+                        tau=params.tau, top_k=top_k)
         cands = [c for c, _ in loaded]
         retrieval = None
         if all(c.retrieval_score is not None for c in cands):
             retrieval = torch.tensor([c.retrieval_score for c in cands], dtype=torch.float32)
-        combined = combine_scores(run.scores.score, retrieval, retrieval_weight)
+        combined = combine_scores(run.scores.score, retrieval, sel.retrieval_weight)
         for i, c in enumerate(cands):
             c.probe = {"far": float(run.scores.far[i]), "coverage": float(run.scores.coverage[i]),
                        "score": float(run.scores.score[i])}
@@ -208,30 +225,15 @@ class AutoComposer:
         return run
 
     # ------------------------------------------------------------------ 3. prune
-    def select(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, k: int | None = None,
-               candidates: int = DEFAULT_CANDIDATES, probe_steps: int = DEFAULT_PROBE_STEPS, steps: int = 20,
-               seed: int = 0, threshold: float = DEFAULT_THRESHOLD, retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT,
-               probe_top_k: int | None = None, cfg: float = 7.5, width: int | None = None, height: int | None = None,
-               negative_prompt: str = "", params: LoratorioParams | None = None) -> Selection:
+    def select(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, params: LoratorioParams | None = None,
+               gen: Generation | None = None, selection: SelectionParams | None = None, **settings: Any) -> Selection:
         """Retrieve (or take ``pool``), probe and prune; the survivors and a reason for each drop."""
+        gen, sel = settings_of(gen, selection, settings)
         t0 = time.perf_counter()
         prompt = self._clean_prompt(prompt)
-        if not 0.0 <= threshold <= 1.0:
-            raise SelectionError(f"threshold must be in [0, 1], got {threshold}")
-        if not 0.0 <= retrieval_weight <= 1.0:
-            raise SelectionError(f"retrieval weight must be in [0, 1], got {retrieval_weight}")
-        if not 1 <= probe_steps <= steps:
-            raise SelectionError(f"probe steps must be between 1 and the {steps} denoising steps, got {probe_steps}")
-        if k is not None and k < 1:
-            raise SelectionError(f"k must be >= 1, got {k}")
-        if pool is not None:
-            pool = list(pool)
-            if k is not None and k > len(pool):
-                raise SelectionError(f"k={k} is larger than the pool of {len(pool)} LoRAs")
-        elif k is not None and k > candidates:
-            raise SelectionError(f"k={k} is larger than the {candidates} candidates retrieved")
-        cands, retrieval = self._candidates(prompt, pool, candidates)
-        k = k if k is not None else min(DEFAULT_KEEP, len(cands))
+        self._check(gen, sel, pool)
+        cands, retrieval = self._candidates(prompt, pool, sel.candidates)
+        sel = dataclasses.replace(sel, keep=sel.keep if sel.keep is not None else min(SelectionParams.MAX_KEEP, len(cands)))
         t1 = time.perf_counter()
         loaded = self._load(cands, strict=pool is not None)
         t2 = time.perf_counter()
@@ -240,62 +242,72 @@ class AutoComposer:
             loaded[0][0].kept, loaded[0][0].reason = True, "the only loadable candidate: nothing to choose, no probe"
             survivors = [loaded[0][0]]
         else:
-            top_k = probe_top_k if probe_top_k is not None else min(k, len(loaded))
-            run = self._probe(prompt, loaded, probe_steps, steps, seed, top_k, cfg, width, height, negative_prompt,
-                              params or LoratorioParams(), retrieval_weight)
+            top_k = sel.probe_top_k if sel.probe_top_k is not None else min(sel.keep, len(loaded))
+            run = self._probe(prompt, loaded, gen, sel, top_k, params or LoratorioParams())
             scored = [c for c, _ in loaded]
-            keep, dropped = prune(torch.tensor([c.combined for c in scored]), k, threshold)
+            keep, dropped = prune(torch.tensor([c.combined for c in scored]), sel.keep, sel.threshold)
             for i, c in enumerate(scored):
                 c.kept = i in keep
                 c.reason = dropped.get(i) or f"kept: combined score {c.combined:.3f}, rank {keep.index(i) + 1}"
             survivors = [scored[i] for i in keep]
         t3 = time.perf_counter()
         timings = {"retrieve" if pool is None else "resolve": t1 - t0, "load": t2 - t1, "probe": t3 - t2}
-        return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, k,
-                         threshold, retrieval_weight, timings)
+        return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, sel, timings)
+
+    @staticmethod
+    def _check(gen: Generation, sel: SelectionParams, pool) -> None:
+        if not 0.0 <= sel.threshold <= 1.0:
+            raise SelectionError(f"threshold must be in [0, 1], got {sel.threshold}")
+        if not 0.0 <= sel.retrieval_weight <= 1.0:
+            raise SelectionError(f"retrieval weight must be in [0, 1], got {sel.retrieval_weight}")
+        if not 1 <= sel.probe_steps <= gen.steps:
+            raise SelectionError(f"probe steps must be between 1 and the {gen.steps} denoising steps, got {sel.probe_steps}")
+        k = sel.keep
+        if k is not None and k < 1:
+            raise SelectionError(f"k must be >= 1, got {k}")
+        if pool is not None:
+            if k is not None and k > len(list(pool)):
+                raise SelectionError(f"k={k} is larger than the pool of {len(list(pool))} LoRAs")
+        elif k is not None and k > sel.candidates:
+            raise SelectionError(f"k={k} is larger than the {sel.candidates} candidates retrieved")
 
     # ------------------------------------------------------------------ 4. compose
-    def compose(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, k: int | None = None,
-                probe_steps: int = DEFAULT_PROBE_STEPS, method: str = "loratorio", seed: int = 0,
-                candidates: int = DEFAULT_CANDIDATES, threshold: float = DEFAULT_THRESHOLD,
-                retrieval_weight: float = DEFAULT_RETRIEVAL_WEIGHT, probe_top_k: int | None = None, steps: int = 20,
-                cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
+    def compose(self, prompt: str, pool: Sequence[str | LoraRef] | None = None, *, method: str = methods.DEFAULT,
                 params: LoratorioParams | None = None, name: str | None = None, progress=None,
-                reuse_probe: bool = False) -> AutoResult:
+                gen: Generation | None = None, selection: SelectionParams | None = None, **settings: Any) -> AutoResult:
         """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``.
 
-        ``reuse_probe``: start the composition from the probe's latents (its P steps are replayed,
-        not recomputed), which saves P steps of the composition's UNet work; the first P steps
-        are then the probe's dynamic LoRAtorio over every candidate rather than the survivors'."""
-        if method not in METHODS or method == "base":
-            raise SelectionError(f"method must be one of {', '.join(m for m in METHODS if m != 'base')}, got {method!r}")
+        ``selection.reuse_probe``: start the composition from the probe's latents (its P steps are
+        replayed, not recomputed), which saves P steps of the composition's UNet work; the first P
+        steps are then the probe's dynamic LoRAtorio over every candidate rather than the survivors'."""
+        if method not in methods.NAMES or not methods.method_class(method).needs_loras:
+            raise SelectionError(f"method must be one of {', '.join(m for m in methods.NAMES if m != 'base')}, got {method!r}")
+        gen, sel = settings_of(gen, selection, settings)
         t0 = time.perf_counter()
         params = params or LoratorioParams()
-        sel = self.select(prompt, pool, k=k, candidates=candidates, probe_steps=probe_steps, steps=steps, seed=seed,
-                          threshold=threshold, retrieval_weight=retrieval_weight, probe_top_k=probe_top_k, cfg=cfg,
-                          width=width, height=height, negative_prompt=negative_prompt, params=params)
-        job = Job(sel.prompt, loras=[c.ref() for c in sel.survivors], method=method, seed=seed, steps=steps, cfg=cfg,
-                  width=width, height=height, negative_prompt=negative_prompt, params=params, name=name)
+        chosen = self.select(prompt, pool, params=params, gen=gen, selection=sel)
+        job = Job.with_generation(chosen.prompt, gen, loras=[c.ref() for c in chosen.survivors], method=method,
+                                  params=params, name=name)
         t1 = time.perf_counter()
-        replay = sel.probe.outputs if (reuse_probe and sel.probe is not None) else ()
+        replay = chosen.probe.outputs if (sel.reuse_probe and chosen.probe is not None) else ()
         result = self.composer.run(job, progress=progress, replay=replay)
-        sel.timings["compose"] = time.perf_counter() - t1
-        sel.timings["total"] = time.perf_counter() - t0
+        chosen.timings["compose"] = time.perf_counter() - t1
+        chosen.timings["total"] = time.perf_counter() - t0
         report = dict(result.report)
-        sel_report = sel.report()
-        if result.weights:  # each survivor's mean LoRAtorio patch weight over the steps
+        sel_report = chosen.report()
+        if result.weights:  # each survivor's mean patch weight over the steps
             mean_w = torch.stack(result.weights).mean(dim=(0, 2, 3))
             sel_report["mean_patch_weights"] = {n: round(float(w), 4) for n, w in zip(result.lora_names, mean_w)}
         report["selection"] = sel_report
-        probe_calls = sel.probe.unet_calls if sel.probe else 0
-        probe_samples = sel.probe.unet_samples if sel.probe else 0
+        probe_calls = chosen.probe.unet_calls if chosen.probe else 0
+        probe_samples = chosen.probe.unet_samples if chosen.probe else 0
         report["unet_calls_total"] = probe_calls + result.report["unet_calls"]
         report["unet_samples_total"] = probe_samples + result.report["unet_samples"]
-        report["seconds"] = round(sel.timings["total"], 3)
-        params_text = result.parameters + ", " + sel.parameters()
+        report["seconds"] = round(chosen.timings["total"], 3)
+        params_text = result.parameters + ", " + chosen.parameters()
         if replay:
             params_text += f", Probe steps re-used: {len(replay)}"
-        return AutoResult(result.image, params_text, report, result.weights, result.lora_names, selection=sel)
+        return AutoResult(result.image, params_text, report, result.weights, result.lora_names, selection=chosen)
 
     @staticmethod
     def _clean_prompt(prompt: str) -> str:

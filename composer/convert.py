@@ -1,7 +1,7 @@
-"""LoRA state dicts: format detection, one converter per format diffusers cannot read, and the
-cross-attention width a LoRA was trained against.
+"""One converter per LoRA format diffusers cannot read.
 
-Loading stays separate (composer.loras); these functions only map dict -> dict or inspect shapes.
+Format detection is ``registry.formats.detect_format`` (one detector for the registry and the
+composer); loading stays separate (composer.loras); these functions only map dict -> dict.
 diffusers reads kohya LoRA/LoCon and diffusers/PEFT files itself (``load_lora_weights``), so the
 only conversions here are LyCORIS LoKr and LoHa, which diffusers cannot read. Both are rewritten
 *exactly* as kohya LoRA/LoCon factors (``lora_down``/``lora_up``/``alpha``) so that diffusers'
@@ -27,96 +27,12 @@ from typing import Mapping
 
 import torch
 
-# Cross-attention (text) width -> base family, for SD-family UNets.
-FAMILY_BY_CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+from composer.errors import UnsupportedLoraError
 
 LYCORIS_SUFFIXES = (
     "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
     "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
 )
-
-
-class UnsupportedLoraError(ValueError):
-    """A LoRA file the composer cannot apply, with a message saying why."""
-
-
-# --------------------------------------------------------------------------------- predicates
-
-def is_lycoris_lokr(keys) -> bool:
-    return any(".lokr_w" in k for k in keys)
-
-
-def is_lycoris_loha(keys) -> bool:
-    return any(".hada_w" in k for k in keys)
-
-
-def is_kohya(keys) -> bool:
-    return any(k.endswith((".lora_down.weight", ".lora_up.weight")) and k.startswith(("lora_unet_", "lora_te")) for k in keys)
-
-
-def is_diffusers_or_peft(keys) -> bool:
-    return any(re.search(r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down)\.weight$", k) or
-               re.search(r"_lora\.(down|up)\.weight$", k) for k in keys)
-
-
-def is_cloneofsimo(keys) -> bool:
-    return any(re.match(r"^(unet|text_encoder):\d+:(up|down)$", k) for k in keys)
-
-
-def is_flux_transformer(keys) -> bool:
-    return any(k.startswith(("transformer.", "lora_transformer_", "diffusion_model.double_blocks", "double_blocks."))
-               or "single_transformer_blocks" in k for k in keys)
-
-
-def detect_lora_format(keys) -> str:
-    """One of ``lycoris-lokr``, ``lycoris-loha``, ``kohya``, ``diffusers``, ``cloneofsimo``, ``unknown``."""
-    keys = list(keys)
-    if is_lycoris_lokr(keys):
-        return "lycoris-lokr"
-    if is_lycoris_loha(keys):
-        return "lycoris-loha"
-    if is_kohya(keys):
-        return "kohya"
-    if is_cloneofsimo(keys):
-        return "cloneofsimo"
-    if is_diffusers_or_peft(keys):
-        return "diffusers"
-    return "unknown"
-
-
-# --------------------------------------------------------------------------------- shapes
-
-def _lycoris_in_width(sd: Mapping[str, torch.Tensor], prefix: str) -> int | None:
-    if f"{prefix}.hada_w1_b" in sd:
-        return sd[f"{prefix}.hada_w1_b"].shape[-1]
-    if f"{prefix}.lokr_w1" in sd or f"{prefix}.lokr_w1_b" in sd:
-        w1 = sd.get(f"{prefix}.lokr_w1")
-        b = w1.shape[1] if w1 is not None else sd[f"{prefix}.lokr_w1_b"].shape[1]
-        w2 = sd.get(f"{prefix}.lokr_w2")
-        d = w2.shape[1] if w2 is not None else sd[f"{prefix}.lokr_w2_b"].shape[1]
-        return b * d
-    return None
-
-
-def lora_cross_attention_width(sd: Mapping[str, torch.Tensor]) -> int | None:
-    """Input width of the UNet's cross-attention key projection (``attn2.to_k``) the LoRA was trained on.
-
-    That width is the text encoder's hidden size: 768 for SD 1.x, 1024 for SD 2.x, 2048 for SDXL.
-    Returns None when the LoRA does not touch ``attn2.to_k`` / ``attn2.to_v``.
-    """
-    for key, t in sd.items():
-        k = key.replace(".", "_")
-        if not re.search(r"attn2_(processor_)?to_[kv]", k) or k.startswith(("lora_te", "text_encoder")):
-            continue
-        if re.search(r"(lora_down|lora_A|lora_down_weight|to_[kv]_lora_down)(_weight)?$", k) or k.endswith(
-            ("lora_down_weight", "lora_A_weight", "lora_linear_layer_down_weight")):
-            return int(t.shape[-1])
-        m = re.match(r"(.*)\.(hada|lokr)_w", key)
-        if m:
-            width = _lycoris_in_width(sd, m.group(1))
-            if width:
-                return int(width)
-    return None
 
 
 # --------------------------------------------------------------------------------- LyCORIS
@@ -189,7 +105,7 @@ def lokr_to_kohya_lora(state_dict: Mapping[str, torch.Tensor], conv_in_shapes=No
             w2 = w2.reshape(w2.shape[0], -1)
         dim = w2a.shape[1] if w2a is not None else (w1a.shape[1] if w1a is not None else None)
         scale = 1.0 if dim is None or alpha is None else float(alpha) / dim
-        f32 = lambda t: t.float()  # noqa: E731
+        f32 = lambda t: t.float()
         # Each factor as (left, right) with factor = left @ right.
         if w1 is not None:
             a, b = w1.shape
@@ -252,7 +168,7 @@ def lokr_delta(sd: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor:
 
 def loha_delta(sd: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor:
     """The dense LoHa weight delta of one module, flattened to ``(out, in*kh*kw)`` (reference for tests)."""
-    g = lambda n: sd[f"{prefix}.hada_{n}"].float()  # noqa: E731
+    g = lambda n: sd[f"{prefix}.hada_{n}"].float()
     dim = g("w1_b").shape[0]
     alpha = sd.get(f"{prefix}.alpha")
     scale = 1.0 if alpha is None else float(alpha) / dim

@@ -17,15 +17,14 @@ it (the same mechanism PEFT's own ``PeftModel._enable_peft_forward_hooks`` uses)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from composer import math as cm
-from composer.stacked import stacked_adapter_batch
+from composer.stacked import BASE, stacked_adapter_batch
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+__all__ = ["BASE", "Branch", "Combined", "MultiLoraDenoiser", "installed", "mixed_adapter_batch"]
 
 
 @dataclass
@@ -47,7 +46,7 @@ class Branch:
 @contextlib.contextmanager
 def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[None]:
     """Within the block, every PEFT LoRA layer of ``model`` gets ``adapter_names`` (one per sample)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     names = list(adapter_names)
 
@@ -66,44 +65,23 @@ def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) ->
             h.remove()
 
 
-# ------------------------------------------------------------------------- combine rules
-# combine(eps_u (V, B, C, H, W) | None, eps_c (V, B, C, H, W), step) -> (eps_u | None, eps_c, weights | None)
-
-def combine_single(eps_u, eps_c, step):
-    """base / merge / switch: one branch, passed through."""
-    return (None if eps_u is None else eps_u[0]), eps_c[0], None
-
-
-def combine_mean(eps_u, eps_c, step):
-    """Composite (Zhong et al. 2024, arXiv:2402.16843): the average of the per-LoRA guided predictions.
-
-    CFG is linear, so averaging the guided predictions equals guiding the averaged branches.
-    """
-    n = eps_c.shape[0]
-    w = torch.full((n, eps_c.shape[1], 1, 1), 1.0 / n)
-    return (None if eps_u is None else eps_u.mean(0)), eps_c.mean(0), w
-
-
 @dataclass
-class LoratorioCombine:
-    """LoRAtorio (arXiv:2508.11624): branch 0 is the base model, branches 1..N the LoRAs."""
+class Combined:
+    """What a combine rule returns for one step: the unconditional and conditional predictions the
+    pipeline's CFG then mixes (``uncond`` None without CFG), each LoRA's weight where it acted
+    (``(N, B, Hp, Wp)`` or ``(N, B, 1, 1)``, for the weights map; None when the method has no such
+    weights), and whatever else the rule computed that an observer may want (``extras``, e.g.
+    LoRAtorio's patch similarities)."""
 
-    p: int
-    tau: float
-    lam: float
-    k: int | None = None
-    equalise: bool = False
+    uncond: torch.Tensor | None
+    cond: torch.Tensor
+    weights: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, eps_u, eps_c, step):
-        if eps_c.shape[0] < 2:
-            raise ValueError("LoRAtorio needs the base branch and at least one LoRA branch")
-        if eps_u is None:  # no CFG: only the conditional mix
-            omega = cm.loratorio_weights(eps_c[0], eps_c[1:], self.p, self.tau, self.k, self.equalise)
-            pix = cm.patch_weights_to_pixels(omega, self.p, *eps_c.shape[-2:]).to(eps_c.dtype)
-            return None, cm.weighted_sum(eps_c[1:], pix), omega
-        u, c, omega = cm.loratorio_predictions(eps_c[0], eps_u[0], eps_c[1:], eps_u[1:], self.p, self.tau, self.lam, self.k,
-                                                  self.equalise)
-        return u, c, omega
+
+# A combine rule: combine(eps_u (V, B, C, H, W) | None, eps_c (V, B, C, H, W), step) -> Combined,
+# with V the active branches that ran each half (composer.methods holds one per method).
+CombineRule = Callable[[torch.Tensor | None, torch.Tensor, int], Combined]
 
 
 class MultiLoraDenoiser(torch.nn.Module):
@@ -112,7 +90,7 @@ class MultiLoraDenoiser(torch.nn.Module):
     Args:
         unet: the pipeline's (PEFT-injected) UNet.
         branches: what to run each step; may be replaced between steps (see ``select``).
-        combine: a combine rule (above).
+        combine: a combine rule (above): how the branches' predictions become one.
         batched: one UNet call for all branches (True) or one call per branch (False, the
             reference for equality tests and the benchmark).
         uncond_branches: run the unconditional half for only the first n active branches (None:
@@ -124,11 +102,20 @@ class MultiLoraDenoiser(torch.nn.Module):
         record: keep every step's output in ``outputs`` (what ``replay`` takes).
         stacked: serve a batch of several adapters with :mod:`composer.stacked` (one batched
             low-rank product per layer) rather than PEFT's adapter-by-adapter mixed batch.
+        callback: called after every step's combine with a dict (k-diffusion's ``callback``):
+            ``step``, ``timestep``, ``sample`` (the latents in), ``eps_u``/``eps_c`` (every
+            branch's predictions), ``uncond``/``cond`` (the combined ones), ``weights`` and the
+            combine rule's ``extras``. For observing a run (the probe, benchmarks, weight maps);
+            it must not change the tensors.
+        prepare: called before every computed step with ``step``, ``timestep``, ``sample``,
+            ``added_cond_kwargs``, ``images`` (the prompt batch) and ``denoiser``: a method's
+            between-call work that needs the latents (a grounded method measures its masks here).
     """
 
-    def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: Callable, batched: bool = True,
+    def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,
                  uncond_branches: int | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
-                 stacked: bool = True):
+                 stacked: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
+                 prepare: Callable[[dict[str, Any]], None] | None = None):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
@@ -144,6 +131,8 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.record = record
         self.stacked = stacked
         self.outputs: list[torch.Tensor] = []
+        self.callback = callback
+        self.prepare = prepare
         # The stacked forward stays installed from one UNet call to the next while the per-sample
         # adapters are the same: entering it walks every module and checks every layer's weights,
         # 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5). release() ends it.
@@ -204,6 +193,9 @@ class MultiLoraDenoiser(torch.nn.Module):
             return (out,) if not return_dict else _Output(out)
         branches = [self.branches[i] for i in self.active]
         b = branches[0].cond.shape[0]
+        if self.prepare is not None:
+            self.prepare({"step": self.step, "timestep": timestep, "sample": sample, "images": b,
+                          "added_cond_kwargs": added_cond_kwargs, "denoiser": self})
         if sample.shape[0] == 2 * b:
             halves = [("uncond", sample[:b]), ("cond", sample[b:])]
         elif sample.shape[0] == b:
@@ -255,9 +247,13 @@ class MultiLoraDenoiser(torch.nn.Module):
         eps_u = None
         if "uncond" in halves_by_kind:
             eps_u = torch.stack([chunks[j] for j, (kind, _) in enumerate(entries) if kind == "uncond"])
-        u, c, w = self.combine(eps_u, eps_c, self.step)
+        combined = self.combine(eps_u, eps_c, self.step)
+        u, c, w = combined.uncond, combined.cond, combined.weights
         if w is not None:
             self.weights.append(w.detach().float().cpu())
+        if self.callback is not None:
+            self.callback({"step": self.step, "timestep": timestep, "sample": sample, "eps_u": eps_u, "eps_c": eps_c,
+                           "uncond": u, "cond": c, "weights": w, **combined.extras})
         self.step += 1
         out = c if u is None else torch.cat([u, c])
         if self.record:

@@ -2,38 +2,43 @@
 
 A LoRA is named by a file path or a registry token (id, file stem, name, trigger word), with an
 optional weight: ``path/to/x.safetensors:0.8`` or ``42:0.5``, or inside a prompt with A1111's
-``<lora:name:0.8>``. Loading reads the file, detects its format (composer.convert), refuses a
-LoRA of another base family than the pipeline *before* any denoising, rewrites LyCORIS LoKr/LoHa
-exactly as kohya factors, and hands everything to diffusers' own ``load_lora_weights``.
+``<lora:name:0.8>`` (or ``<lyco:...>``). Loading reads the file's header, detects its format and
+base family with the registry's detector (``registry.formats.detect_format``, the same one the
+ingest uses), refuses a LoRA of another base family than the pipeline *before* any denoising,
+rewrites LyCORIS LoKr/LoHa exactly as kohya factors (composer.convert), and hands everything to
+diffusers' own ``load_lora_weights``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from composer import convert
 from composer.cache import DEFAULT_CACHE_BYTES, ByteLru
+from composer.errors import LoraError, UnsupportedLoraError
+from registry.errors import InvalidInput
+from registry.families import family_of_context_width
+from registry.formats import FormatInfo, detect_format
+from registry.hashing import safetensors_hashes
+from registry.lora_tags import prompt_tags, strip_tags
+from registry.safetensors_header import read_header
 
-_A1111_LORA = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?(?::[^>]*)?>")
-
-
-class LoraError(ValueError):
-    """A LoRA that cannot be used with this pipeline; the message says which and why."""
+__all__ = ["LoraError", "UnsupportedLoraError", "LoraRef", "LoadedLora", "LoraLoader", "parse_lora_token",
+           "extract_prompt_loras", "pipeline_family"]
 
 
 @dataclass(frozen=True)
 class LoraRef:
-    """A LoRA as the user named it: a file path or registry token, and a weight."""
+    """A LoRA as the user named it: a file path or registry token, a weight, and optionally the
+    phrase of the prompt that asked for it (grounding: where it should act)."""
 
     token: str
     weight: float = 1.0
+    phrase: str | None = None
 
 
 @dataclass
@@ -51,6 +56,8 @@ class LoadedLora:
     registry_id: int | None = None
     trigger_words: tuple[str, ...] = ()
     text_encoder: bool = False
+    tags: tuple[str, ...] = ()  # the registry entry's (Civitai category first): its grounding role
+    phrase: str | None = None  # the phrase of the prompt that asked for it
 
     @property
     def autov2(self) -> str:
@@ -61,69 +68,54 @@ class LoadedLora:
             "name": self.name, "path": self.path, "weight": self.weight, "format": self.format,
             "family": self.family, "sha256": self.sha256, "autov2": self.autov2, "autov3": self.autov3,
             "registry_id": self.registry_id, "adapter": self.adapter, "text_encoder": self.text_encoder,
+            "phrase": self.phrase,
         }
 
 
 def parse_lora_token(text: str) -> LoraRef:
-    """``ID_OR_FILE[:WEIGHT]`` -> LoraRef. A trailing ``:number`` is a weight unless the whole text is a file."""
+    """``ID_OR_FILE[:WEIGHT][@PHRASE]`` -> LoraRef. A trailing ``:number`` is a weight and a
+    trailing ``@words`` the phrase that asked for the LoRA, unless the whole text is a file."""
     if os.path.exists(text):
         return LoraRef(text)
+    phrase = None
+    head, at, tail = text.partition("@")
+    if at and head and not os.path.exists(text):
+        text, phrase = head, tail.strip().strip("\"'") or None
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
-            return LoraRef(head, float(tail))
+            return LoraRef(head, float(tail), phrase)
         except ValueError:
             pass
-    return LoraRef(text)
+    return LoraRef(text, 1.0, phrase)
 
 
 def extract_prompt_loras(prompt: str) -> tuple[str, list[LoraRef]]:
-    """Strip A1111 ``<lora:name:0.8>`` tags from a prompt; return the clean prompt and the LoRAs."""
-    refs = [LoraRef(m.group(1), float(m.group(2)) if m.group(2) else 1.0) for m in _A1111_LORA.finditer(prompt)]
-    clean = re.sub(r"\s{2,}", " ", _A1111_LORA.sub("", prompt)).strip().strip(",").strip()
-    return clean, refs
+    """Strip A1111 ``<lora:name:0.8>`` / ``<lyco:...>`` tags from a prompt; return the clean
+    prompt and the LoRAs. A ``<hypernet:...>`` tag is refused: hypernetworks are not LoRAs."""
+    tags = prompt_tags(prompt)
+    hyper = [t.name for t in tags if t.kind == "hypernet"]
+    if hyper:
+        raise LoraError(f"<hypernet:{hyper[0]}>: hypernetworks are not supported, only LoRA/LyCORIS (<lora:...>, <lyco:...>)")
+    return strip_tags(prompt), [LoraRef(t.name, 1.0 if t.weight is None else t.weight, _tag_phrase(prompt, t.start))
+                                for t in tags]
 
 
-def file_hashes(path: str) -> tuple[str, str]:
-    """(SHA-256 of the file, A1111 "AutoV3": SHA-256 of the tensor data after the safetensors header, 12 hex)."""
-    whole, data = hashlib.sha256(), hashlib.sha256()
-    with open(path, "rb") as f:
-        head = f.read(8)
-        whole.update(head)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        header = f.read(n)
-        whole.update(header)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            whole.update(chunk)
-            data.update(chunk)
-    return whole.hexdigest(), data.hexdigest()[:12]
+def _tag_phrase(prompt: str, at: int) -> str | None:
+    """The text of the prompt's unit that holds a tag (the tags themselves taken out): what asked for it."""
+    from composer.grounding.phrases import unit_of
+
+    unit = unit_of(prompt, None, (), at=at)
+    text = strip_tags(unit.text) if unit else ""
+    return text or None
 
 
 def pipeline_family(pipe) -> str:
-    """Base family of a pipeline: ``sdxl`` for SDXL pipelines, else by the UNet's cross-attention width."""
+    """Base family of a pipeline in the registry's words: ``sdxl`` for SDXL pipelines, else by the
+    UNet's cross-attention width (``registry.families``)."""
     if "XL" in type(pipe).__name__ or getattr(pipe.unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
-    return convert.FAMILY_BY_CROSS_ATTENTION_WIDTH.get(pipe.unet.config.cross_attention_dim, "sd1")
-
-
-def lora_family(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str | None:
-    """Base family from tensor shapes; registry.formats decides when it exists, else our own width rule."""
-    try:  # the registry's detector (written elsewhere in this project) knows more formats
-        from registry import formats as registry_formats  # noqa: PLC0415
-
-        header = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in state_dict.items()}
-        if metadata:
-            header["__metadata__"] = metadata
-        info = registry_formats.detect_format(header)
-        family = getattr(info, "base_family", None)
-        if family and family != "other":
-            return family
-    except Exception:  # noqa: BLE001 - registry absent or not able to read it: fall back to shapes
-        pass
-    if convert.is_flux_transformer(state_dict):
-        return "flux"
-    width = convert.lora_cross_attention_width(state_dict)
-    return convert.FAMILY_BY_CROSS_ATTENTION_WIDTH.get(width) if width else None
+    return family_of_context_width(pipe.unet.config.cross_attention_dim)
 
 
 def _adapter_name(index: int, path: str) -> str:
@@ -164,8 +156,8 @@ class LoraLoader:
 
     Args:
         pipe: a diffusers pipeline with ``load_lora_weights`` (SD 1.x/2.x, SDXL).
-        registry: a zero-argument callable returning a ``registry.api.Registry``; only called for
-            tokens that are not existing files.
+        registry: a zero-argument callable returning a registry (``loraregistry.Registry``); only
+            called for tokens that are not existing files. None: files only.
         max_bytes: bound on the bytes of the LoRA weights kept installed on the pipeline; beyond
             it the least recently used adapters are deleted (None: unbounded). ``reads`` counts
             the files actually read, so tests and benchmarks can see the cache work.
@@ -179,71 +171,66 @@ class LoraLoader:
         self.lru = ByteLru(max_bytes)
         self.reads = 0
 
-    def _registry(self):
-        if self._registry_factory is None:
-            from registry.api import Registry  # noqa: PLC0415 - lazy: composing files needs no registry
-
-            self._registry_factory = lambda: Registry.open(None)
-        return self._registry_factory()
-
-    def resolve(self, ref: LoraRef) -> tuple[str, str, int | None, tuple[str, ...]]:
-        """(path, display name, registry id, trigger words) for a ref."""
+    def resolve(self, ref: LoraRef) -> tuple[str, str, int | None, tuple[str, ...], tuple[str, ...]]:
+        """(path, display name, registry id, trigger words, tags) for a ref."""
         if os.path.isfile(ref.token):
-            return ref.token, os.path.splitext(os.path.basename(ref.token))[0], None, ()
-        try:
-            reg = self._registry()
-        except ImportError as exc:
-            raise LoraError(f"{ref.token!r} is not a file, and the registry is not available to resolve it") from exc
-        entry = reg.find(ref.token)  # NotFound / Ambiguous propagate: the CLI converts them
+            return ref.token, os.path.splitext(os.path.basename(ref.token))[0], None, (), ()
+        if self._registry_factory is None:
+            raise LoraError(f"{ref.token!r} is not a file, and no registry was given to resolve it "
+                            "(give the composer a registry, or a file path)")
+        entry = self._registry_factory().find(ref.token)  # NotFound / Ambiguous propagate: the CLI converts them
         if not entry.file_path or not os.path.isfile(entry.file_path):
             raise LoraError(f"registry entry {entry.id} ({entry.name}) has no local file to load")
-        return entry.file_path, entry.name, entry.id, tuple(entry.trigger_words)
+        return entry.file_path, entry.name, entry.id, tuple(entry.trigger_words), tuple(entry.tags)
 
-    def read(self, path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+    def read(self, path: str) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError, safe_open
 
-        if not path.endswith(".safetensors"):
-            raise LoraError(f"{path}: only .safetensors LoRA files are loaded (pickled .ckpt/.pt files are refused)")
         self.reads += 1
         try:
             with safe_open(path, framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as exc:
             raise LoraError(f"{path}: cannot read safetensors file: {exc}") from exc
 
-    def check(self, path: str, sd: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str | None]:
-        """Format and family; raises LoraError when the LoRA cannot apply to this pipeline."""
-        fmt = convert.detect_lora_format(sd.keys())
-        family = lora_family(sd, metadata)
-        want = pipeline_family(self.pipe)
+    def check(self, path: str) -> FormatInfo:
+        """Format and family from the file's header; raises LoraError when the LoRA cannot apply
+        to this pipeline (before any tensor is read)."""
         name = os.path.basename(path)
-        if fmt == "cloneofsimo":
-            raise LoraError(f"{name}: cloneofsimo 'safeloras' files (unet:N:up/down) are not supported; convert to kohya or diffusers format")
-        if fmt == "unknown":
-            raise LoraError(f"{name}: unrecognised LoRA format (keys like {next(iter(sd), '<none>')!r})")
-        if family == "flux" or convert.is_flux_transformer(sd):
-            raise LoraError(f"{name} is a flux LoRA (transformer layers); the pipeline is {want}: refused")
-        width = convert.lora_cross_attention_width(sd)
+        if not path.endswith(".safetensors"):
+            raise LoraError(f"{path}: only .safetensors LoRA files are loaded (pickled .ckpt/.pt files are refused)")
+        try:
+            info = detect_format(read_header(path))
+        except InvalidInput as exc:
+            raise LoraError(str(exc)) from exc
+        want = pipeline_family(self.pipe)
+        if info.format == "cloneofsimo":
+            raise UnsupportedLoraError(f"{name}: cloneofsimo 'safeloras' files (unet:N:up/down) are not supported; convert to kohya or diffusers format")
+        if not info.usable:
+            raise UnsupportedLoraError(f"{name}: {info.reason}")
+        if info.base_family == "flux":
+            raise LoraError(f"{name} is a flux LoRA ({info.family_evidence}); the pipeline is {want}: refused")
         have = self.pipe.unet.config.cross_attention_dim
-        if width is not None and width != have:
+        if info.context_width is not None and info.context_width != have:
             raise LoraError(
-                f"{name} is a {family or 'unknown-family'} LoRA (cross-attention width {width}); the pipeline is "
+                f"{name} is a {info.base_family} LoRA (cross-attention width {info.context_width}); the pipeline is "
                 f"{want} (cross-attention width {have}): refused before denoising"
             )
-        if family is not None and width is None and family != want:
-            raise LoraError(f"{name} is a {family} LoRA; the pipeline is {want}: refused before denoising")
-        return fmt, family
+        if info.base_family is not None and info.context_width is None and info.base_family != want:
+            raise LoraError(f"{name} is a {info.base_family} LoRA ({info.family_evidence}); the pipeline is {want}: refused before denoising")
+        return info
 
     def load(self, ref: LoraRef, pinned: set[str] | None = None) -> LoadedLora:
         """Resolve and install one LoRA (from the cache when it is there), then trim the cache,
         keeping this LoRA and ``pinned`` (real paths of the other LoRAs of the same job)."""
-        path, name, reg_id, triggers = self.resolve(ref)
+        path, name, reg_id, triggers, tags = self.resolve(ref)
         key = os.path.realpath(path)
         cached = self._by_path.get(key)
         nbytes = None
         if cached is None:
-            sd, metadata = self.read(path)
-            fmt, family = self.check(path, sd, metadata)
+            info = self.check(path)
+            sd = self.read(path)
+            fmt, family = info.format, info.base_family
             if fmt == "lycoris-lokr":
                 sd = convert.lokr_to_kohya_lora(sd, _kohya_conv_shapes(self.pipe))
             elif fmt == "lycoris-loha":
@@ -256,14 +243,14 @@ class LoraLoader:
                 self.pipe.load_lora_weights(sd, adapter_name=adapter)
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise LoraError(f"{os.path.basename(path)} ({fmt}) does not fit this {pipeline_family(self.pipe)} pipeline: {exc}") from exc
-            sha, autov3 = file_hashes(path)
+            sha, autov3 = safetensors_hashes(path)
             cached = LoadedLora(adapter, name, path, 1.0, fmt, family, sha, autov3, reg_id, triggers, has_te)
             self._by_path[key] = cached
             nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         self.lru.touch(key, nbytes)
         self._evict((pinned or set()) | {key})
         return LoadedLora(**{**cached.__dict__, "weight": ref.weight, "name": name, "registry_id": reg_id,
-                             "trigger_words": triggers})
+                             "trigger_words": triggers, "tags": tags, "phrase": ref.phrase})
 
     def load_all(self, refs: list[LoraRef]) -> list[LoadedLora]:
         """Load every ref (checking all of them before the caller denoises anything)."""

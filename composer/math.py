@@ -13,13 +13,6 @@ prediction eps_i; the base model gives eps_0. The latent plane is cut into p x p
 "Dynamic selection" keeps, per patch, only the k LoRAs that diverge most from the base
 (lowest s_ij) before the SoftMin (topk_divergence_mask).
 
-An option of ours, not the paper's (equalise_divergence): rescale each LoRA's divergence
-d_ij = 1 - s_ij by the ratio of the mean divergence of all LoRAs to its own mean over the
-image's patches, before the SoftMin. A LoRA that changes the whole image (a background or a
-style) otherwise out-diverges a local one (an object) even inside the object's patches and takes
-them; equalised, each LoRA competes with its own typical divergence, so it wins where it is
-unusually far from the base. See benchmarks/results/toyworld_sweep.md for what it measured.
-
 Shape conventions: a stack of N predictions is ``(N, B, C, H, W)``; one prediction is
 ``(B, C, H, W)``; per-patch quantities are ``(N, B, Hp, Wp)`` with ``Hp = ceil(H / p)``.
 Latent sizes that p does not divide are handled by zero padding: zeros change neither the dot
@@ -37,9 +30,9 @@ __all__ = [
     "patch_sums",
     "patch_cosine_similarity",
     "topk_divergence_mask",
-    "equalise_divergence",
     "softmin_weights",
     "patch_weights_to_pixels",
+    "spatial_prior",
     "weighted_sum",
     "recentred_uncond",
     "classifier_free_guidance",
@@ -127,30 +120,6 @@ def topk_divergence_mask(similarity: torch.Tensor, k: int | None) -> torch.Tenso
     return mask.scatter_(0, idx, True)
 
 
-def equalise_divergence(similarity: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Similarities with each LoRA's divergence rescaled to the common mean over the image.
-
-    With ``d_ij = 1 - s_ij``, ``m_i`` the mean of ``d_ij`` over the patches j of one image and
-    ``m`` the mean over all LoRAs and patches, returns ``1 - d_ij * m / m_i``. A LoRA whose
-    divergence is the same everywhere ends up at the common mean in every patch; a LoRA that
-    diverges in a few patches only is raised there. The overall scale is kept, so ``tau`` means
-    the same as without it; while every divergence is tiny (early, noise-dominated steps) the
-    weights stay near-uniform as before.
-
-    Args:
-        similarity: ``(N, B, Hp, Wp)``.
-
-    Returns:
-        the rescaled similarities, same shape (no longer bounded by [-1, 1]).
-    """
-    if similarity.ndim != 4:
-        raise ValueError(f"expected similarities (N, B, Hp, Wp), got {tuple(similarity.shape)}")
-    d = 1.0 - similarity
-    own = d.mean(dim=(-2, -1), keepdim=True)  # (N, B, 1, 1)
-    common = own.mean(dim=0, keepdim=True)  # (1, B, 1, 1)
-    return 1.0 - d * common / own.clamp_min(eps)
-
-
 def softmin_weights(
     similarity: torch.Tensor, tau: float, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -187,6 +156,24 @@ def patch_weights_to_pixels(weights: torch.Tensor, p: int, height: int, width: i
     return w[..., :height, :width].unsqueeze(2)
 
 
+def spatial_prior(weights: torch.Tensor, masks: torch.Tensor, p: int, floor: float = 1e-3) -> torch.Tensor:
+    """LoRAtorio's SoftMin weights times a spatial prior, renormalised over the LoRAs (ours).
+
+    ``weights`` ``(N, B, Hp, Wp)``; ``masks`` ``(N, B, H, W)`` in [0, 1] at latent resolution, averaged
+    over each p x p patch (zero padding, as the similarities are). Where a mask is 0 its LoRA loses
+    the patch to the LoRAs whose masks hold there; ``floor`` keeps the plain SoftMin where no mask
+    holds at all (every mask 0), and equal masks leave the weights as they were.
+    """
+    if masks.shape[:2] != weights.shape[:2]:
+        raise ValueError(f"masks {tuple(masks.shape)} do not match weights {tuple(weights.shape)}")
+    counts = patch_sums(torch.ones_like(masks[:1, :1]), p)
+    prior = patch_sums(masks.float(), p) / counts
+    if prior.shape != weights.shape:
+        raise ValueError(f"masks give a {tuple(prior.shape[-2:])} patch grid, the weights {tuple(weights.shape[-2:])}")
+    w = weights.float() * (prior + floor)
+    return w / w.sum(dim=0, keepdim=True)
+
+
 def weighted_sum(eps_stack: torch.Tensor, pixel_weights: torch.Tensor) -> torch.Tensor:
     """sum_i Omega_i * eps_i: ``(N, B, C, H, W)`` x ``(N, B, 1, H, W)`` -> ``(B, C, H, W)``."""
     if pixel_weights.ndim != 5:
@@ -216,12 +203,9 @@ def loratorio_weights(
     p: int,
     tau: float,
     k: int | None = None,
-    equalise: bool = False,
 ) -> torch.Tensor:
     """Per-patch weights Omega ``(N, B, Hp, Wp)`` of the LoRAs' conditional predictions."""
     similarity = patch_cosine_similarity(lora_cond, base_cond, p)
-    if equalise:
-        similarity = equalise_divergence(similarity)
     return softmin_weights(similarity, tau, topk_divergence_mask(similarity, k))
 
 
@@ -234,7 +218,6 @@ def loratorio_predictions(
     tau: float,
     lam: float,
     k: int | None = None,
-    equalise: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LoRAtorio step before guidance: the composed unconditional and conditional predictions.
 
@@ -242,12 +225,11 @@ def loratorio_predictions(
         base_cond, base_uncond: ``(B, C, H, W)`` base model predictions.
         lora_cond, lora_uncond: ``(N, B, C, H, W)`` LoRA predictions.
         p, tau, lam, k: patch side, SoftMin temperature, re-centring weight, top-k (None = all).
-        equalise: rescale each LoRA's divergence first (:func:`equalise_divergence`).
 
     Returns:
         ``(eps_u, eps_c, omega)`` with ``omega`` the per-patch weights ``(N, B, Hp, Wp)``.
     """
-    omega = loratorio_weights(base_cond, lora_cond, p, tau, k, equalise)
+    omega = loratorio_weights(base_cond, lora_cond, p, tau, k)
     pixel = patch_weights_to_pixels(omega, p, *base_cond.shape[-2:]).to(lora_cond.dtype)
     eps_c = weighted_sum(lora_cond, pixel)
     eps_u = recentred_uncond(base_uncond, lora_uncond, pixel, lam)
@@ -264,8 +246,7 @@ def mix_guidance(
     tau: float,
     lam: float,
     k: int | None = None,
-    equalise: bool = False,
 ) -> torch.Tensor:
     """The full guided LoRAtorio prediction: CFG on top of :func:`loratorio_predictions`."""
-    eps_u, eps_c, _ = loratorio_predictions(base_cond, base_uncond, lora_cond, lora_uncond, p, tau, lam, k, equalise)
+    eps_u, eps_c, _ = loratorio_predictions(base_cond, base_uncond, lora_cond, lora_uncond, p, tau, lam, k)
     return classifier_free_guidance(eps_u, eps_c, guidance_scale)

@@ -1,4 +1,5 @@
-"""LoRAtorio's parameters (no torch import: the CLI reads the defaults for its --help)."""
+"""Parameters of a generation, of LoRAtorio and of the LoRA selection, with their defaults in one
+place (no torch import: the CLI reads the defaults for its --help)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,13 +21,62 @@ class LoratorioParams:
     * ``lam=0.5``: of 0 / 0.25 / 0.5 / 0.75 / 1, 0.5 scored best (lambda 0, the LoRAs'
       unconditional alone, collapsed to 17% shown).
     * ``k=None``: dynamic top-k off (all LoRAs); set k < N for a pool of many LoRAs.
-    * ``equalise=False``: rescale each LoRA's divergence by its own mean before the SoftMin
-      (``composer.math.equalise_divergence``; ours, not the paper's). Measured worse: skills
-      shown 21-35% against 35-42% without it.
+
+    Measured and dropped: rescaling each LoRA's divergence by its own mean before the SoftMin
+    (ours, not the paper's): skills shown 21-35% against 35-42% without it (toyworld_sweep.md).
     """
 
     p: int = 1
     tau: float = 0.25
     lam: float = 0.5
     k: int | None = None
-    equalise: bool = False
+
+
+@dataclass
+class Generation:
+    """What every image of a run shares: the sampler settings and the negative prompt."""
+
+    steps: int = 20
+    cfg: float = 7.5
+    seed: int = 0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    negative_prompt: str = ""
+
+
+@dataclass
+class SelectionParams:
+    """Retrieve, probe, prune (composer.auto): how many LoRAs are looked at and how many kept.
+
+    Measured on ToyWorld (benchmarks/results/toyworld_selection.md, 25 two-skill tasks x 2 seeds):
+    the survivors were exactly the two named LoRAs in 58% / 100% / 100% of runs at retrieval
+    weight 0.5 / 0.75 / 1 with k = 2. The probe alone (weight 0) prefers whole-image LoRAs, which
+    diverge from the base everywhere; 0.75 lets retrieval lead while the probe still orders
+    near-equal candidates.
+    """
+
+    candidates: int = 16  # K, retrieved from the registry
+    keep: int | None = None  # k (k_max); None: min(MAX_KEEP, the candidates)
+    probe_steps: int = 3  # P
+    threshold: float = 0.5  # relative to the best combined score
+    retrieval_weight: float = 0.75
+    probe_top_k: int | None = None  # the probe's dynamic top-k; None: k
+    reuse_probe: bool = False  # continue from the probe's latents instead of recomputing its steps
+
+    MAX_KEEP = 4
+
+
+@dataclass
+class GroundingParams:
+    """Where each LoRA acts (composer.grounding): the mask source, the steps whose latents it
+    reads, and how saliency becomes a region. The defaults are the measured ones
+    (benchmarks/results/toyworld_grounding.md)."""
+
+    source: str = "contrast"  # contrast | lora-contrast | attention | fixed (given masks)
+    steps: tuple[int, ...] = (0, 2)  # the masks are measured on these steps' latents (running mean)
+    prompts: str = "own"  # regional cross-attention reads each LoRA's own prompt ("own") or the whole one ("full")
+    sigma: float = 1.0  # smoothing of a saliency map, latent pixels
+    lo: float = 0.25  # soft threshold of the normalised saliency: 0 below lo ...
+    hi: float = 0.55  # ... 1 above hi
+    sharpness: float = 8.0  # how hard overlapping objects split a pixel
+    attribute_radius: int = 2  # how far an attribute (clothing) reaches beyond its object, latent pixels

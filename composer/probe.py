@@ -18,30 +18,11 @@ from typing import Any
 
 import torch
 
-from composer import math as cm
 from composer.denoiser import BASE, MultiLoraDenoiser, installed
 from composer.loras import LoadedLora
-from composer.params import LoratorioParams
+from composer.methods.loratorio import loratorio_combine
+from composer.params import Generation, LoratorioParams
 from composer.relevance import ProbeScores, probe_scores
-
-
-@dataclass
-class ProbeCombine:
-    """Dynamic LoRAtorio with lambda = 1 that keeps each step's similarities ``(N, B, Hp, Wp)``."""
-
-    p: int
-    tau: float
-    k: int | None
-    similarities: list[torch.Tensor] = field(default_factory=list)
-
-    def __call__(self, eps_u, eps_c, step):
-        if eps_c.shape[0] < 2:
-            raise ValueError("the probe needs the base branch and at least one candidate branch")
-        sim = cm.patch_cosine_similarity(eps_c[1:], eps_c[0], self.p)
-        omega = cm.softmin_weights(sim, self.tau, cm.topk_divergence_mask(sim, self.k))
-        pix = cm.patch_weights_to_pixels(omega, self.p, *eps_c.shape[-2:]).to(eps_c.dtype)
-        self.similarities.append(sim.detach().float().cpu())
-        return (None if eps_u is None else eps_u[0]), cm.weighted_sum(eps_c[1:], pix), omega
 
 
 @dataclass
@@ -74,34 +55,38 @@ class _StopAfter:
         return callback_kwargs
 
 
-def run_probe(composer, prompt: str, loras: list[LoadedLora], *, probe_steps: int, steps: int, seed: int,
-              cfg: float = 7.5, width: int | None = None, height: int | None = None, negative_prompt: str = "",
+def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *, probe_steps: int,
               p: int = LoratorioParams.p, tau: float = LoratorioParams.tau, top_k: int | None = None) -> ProbeRun:
-    """Run the first ``probe_steps`` of ``steps`` (same schedule and seed as the composition)
+    """Run the first ``probe_steps`` of ``gen.steps`` (same schedule and seed as the composition)
     with every LoRA of ``loras`` and score each one (``composer`` is a ``composer.api.Composer``)."""
     if not loras:
         raise ValueError("the probe needs at least one candidate LoRA")
-    if not 1 <= probe_steps <= steps:
-        raise ValueError(f"probe steps must be between 1 and the {steps} denoising steps, got {probe_steps}")
+    if not 1 <= probe_steps <= gen.steps:
+        raise ValueError(f"probe steps must be between 1 and the {gen.steps} denoising steps, got {probe_steps}")
     t0 = time.perf_counter()
     pipe = composer.pipe
     enc: dict = {}
-    branches = [composer._branch(BASE, prompt, negative_prompt, None, enc)]
-    branches += [composer._branch(a.adapter, prompt, negative_prompt, [a], enc) for a in loras]
+    branches = [composer.branch(BASE, prompt, gen.negative_prompt, None, enc)]
+    branches += [composer.branch(a.adapter, prompt, gen.negative_prompt, [a], enc) for a in loras]
     pipe.enable_lora()
     pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
-    combine = ProbeCombine(p, tau, top_k)
-    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1, record=True)
+    # Dynamic LoRAtorio with lambda = 1 (the base's unconditional prediction alone); the callback
+    # keeps each step's patch similarities (N, B, Hp, Wp) for the scores.
+    params = LoratorioParams(p=p, tau=tau, lam=1.0, k=top_k)
+    similarities: list[torch.Tensor] = []
+    denoiser = MultiLoraDenoiser(pipe.unet, branches, lambda u, c, step: loratorio_combine(params, u, c),
+                                 uncond_branches=1, record=True,
+                                 callback=lambda info: similarities.append(info["similarity"].detach().float().cpu()))
     first = branches[0]
     kwargs: dict[str, Any] = dict(
-        prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=steps,
-        guidance_scale=cfg, height=height, width=width, output_type="latent",
-        generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=_StopAfter(probe_steps),
+        prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=gen.steps,
+        guidance_scale=gen.cfg, height=gen.height, width=gen.width, output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(gen.seed), callback_on_step_end=_StopAfter(probe_steps),
     )
     if composer.is_sdxl:
         kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
     with torch.inference_mode(), installed(pipe, denoiser):
         pipe(**kwargs)
-    sim = torch.stack(combine.similarities)
+    sim = torch.stack(similarities)
     return ProbeRun(sim, probe_scores(sim, top_k), probe_steps, top_k, denoiser.unet_calls, denoiser.unet_samples,
                     time.perf_counter() - t0, denoiser.outputs)

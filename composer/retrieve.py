@@ -41,10 +41,10 @@ class Candidate:
 
     def ref(self) -> LoraRef:
         """By registry id when it has one (the loaded LoRA then carries the registry's name and id)."""
-        return LoraRef(str(self.registry_id) if self.registry_id is not None else self.path, self.weight)
+        return LoraRef(str(self.registry_id) if self.registry_id is not None else self.path, self.weight, self.phrase)
 
     def report(self) -> dict[str, Any]:
-        r = lambda x: None if x is None else round(float(x), 4)  # noqa: E731
+        r = lambda x: None if x is None else round(float(x), 4)
         return {
             "registry_id": self.registry_id, "name": self.name, "path": self.path, "weight": self.weight,
             "base_family": self.base_family, "trigger_words": list(self.trigger_words),
@@ -54,32 +54,21 @@ class Candidate:
         }
 
 
-def registry_family(pipe) -> str:
-    """The pipeline's base family in the registry's words.
-
-    The registry names a LoRA's family from its cross-attention width (768 sd1, 1024 sd2, 2048
-    sdxl, anything else "other"), so the pipeline is named by the same rule; the loader still
-    checks each file's exact width before it is installed.
-    """
-    from registry.formats import CONTEXT_WIDTH_FAMILY  # noqa: PLC0415
-
-    return CONTEXT_WIDTH_FAMILY.get(pipe.unet.config.cross_attention_dim, "other")
-
-
 def header_family(path: str) -> str | None:
     """A file's base family from its safetensors header alone (names and shapes: nothing is loaded)."""
-    from registry.formats import detect_format  # noqa: PLC0415
-    from registry.safetensors_header import read_header  # noqa: PLC0415
+    from registry.formats import detect_format
+    from registry.safetensors_header import read_header
 
     try:
         return detect_format(read_header(path)).base_family
-    except Exception:  # noqa: BLE001 - unreadable header: the loader reports it properly
+    except Exception:
         return None
 
 
 def _registry_size(registry) -> int:
-    from registry.models import Version  # noqa: PLC0415
-    from sqlalchemy import func, select  # noqa: PLC0415
+    from sqlalchemy import func, select
+
+    from registry.models import Version
 
     with registry.session() as session:
         return session.scalar(select(func.count(Version.id))) or 0
@@ -137,7 +126,7 @@ def resolve_pool(registry, pool: Sequence[str | LoraRef], family: str | None = N
                 continue
             try:
                 e = registry.find(ref.token)
-            except Exception as exc:  # noqa: BLE001 - NotFound / Ambiguous: report them all at once
+            except Exception as exc:
                 bad.append(f"{ref.token!r} ({exc})")
                 continue
             if not e.file_path or not os.path.isfile(e.file_path):

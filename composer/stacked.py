@@ -64,7 +64,7 @@ def layout_of(adapter_names: Sequence[str]) -> Layout | None:
 
 
 def _kind(layer: torch.nn.Module) -> str | None:
-    from peft.tuners.lora import layer as lora_layer  # noqa: PLC0415
+    from peft.tuners.lora import layer as lora_layer
 
     if type(layer) is lora_layer.Linear:
         return "linear"
@@ -159,7 +159,7 @@ def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) 
     ``adapter_names`` with :func:`stacked_forward`, and yields how many layers it serves. It
     yields 0 and changes nothing when the layout is not base-first runs of equal length (the
     caller then uses PEFT's mixed batch); layers it cannot serve get PEFT's mixed batch."""
-    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     plan = layout_of(adapter_names)
     if plan is None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from registry.lora_tags import TAG
 from registry.text import normalize_word
 
-LORA_TAG = re.compile(r"<(lora|lyco|hypernet):([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.I)
 WEIGHT = re.compile(r":\s*-?\d+(\.\d+)?\s*(?=[)\]}])")
 SPLIT = re.compile(r"[,;\n|]+|\bBREAK\b|\s+\band\b\s+|\s+\bwith\b\s+", re.I)
 LEADING = re.compile(r"^(a|an|the|some)\s+", re.I)
@@ -35,26 +35,8 @@ class Phrase:
     boilerplate: bool
 
 
-def lora_tags(prompt: str) -> list[tuple[str, float | None]]:
-    """The A1111 ``<lora:name:weight>`` tags of a prompt, in order."""
-    out = []
-    for m in LORA_TAG.finditer(prompt):
-        weight = None
-        if m.group(3):
-            try:
-                weight = float(m.group(3))
-            except ValueError:
-                weight = None
-        out.append((m.group(2).strip(), weight))
-    return out
-
-
-def strip_lora_tags(prompt: str) -> str:
-    return LORA_TAG.sub(" ", prompt)
-
-
 def decompose(prompt: str) -> list[Phrase]:
-    text = strip_lora_tags(prompt)
+    text = TAG.sub(" ", prompt)
     text = WEIGHT.sub("", text)
     text = text.replace("\\(", "\0").replace("\\)", "\1")
     text = re.sub(r"[(){}\[\]]", " ", text).replace("\0", "(").replace("\1", ")")

@@ -14,14 +14,15 @@ import numpy as np
 from sqlalchemy import select
 
 from indexer.prompt import Phrase, decompose, ngrams
+from indexer.store import Store
 from registry.models import LoraFile, LoraModel, TriggerWord, Version
 from registry.service import LoraEntry, clean_name, entry_of, version_query
 
 SEMANTIC_DEPTH = 64  # neighbours per phrase; also the sample for each phrase's "matches everything" level
 MIN_RELEVANCE = 0.12  # a semantic-only hit must beat its phrase's typical similarity by this much
-# Also search the whole prompt as one more phrase? Measured on 200 multi-subject prompts over the
-# 7,951-record catalog: recall@10 96.7% with it, 97.2% without, and it is the longest text to embed.
-WHOLE_PROMPT = False
+# The whole prompt is not searched as one more phrase: measured on 200 multi-subject prompts over
+# the 7,951-record catalog, recall@10 was 96.7% with it, 97.2% without, and it is the longest text
+# to embed.
 
 
 @dataclass
@@ -85,7 +86,7 @@ class LexicalIndex:
 
 
 class Searcher:
-    def __init__(self, registry: Any, index: faiss.Index, stamp: int) -> None:
+    def __init__(self, registry: Store, index: faiss.Index, stamp: int) -> None:
         self.registry = registry
         self.index = index
         self.stamp = stamp
@@ -158,10 +159,6 @@ class Searcher:
         if not phrases:
             return []
         queries = [p.text for p in phrases]
-        if WHOLE_PROMPT and len(phrases) > 1:  # the whole prompt (minus boilerplate) as one more list
-            whole = Phrase(", ".join(queries), ", ".join(p.norm for p in phrases), False)
-            phrases = phrases + [whole]
-            queries.append(whole.text)
         vectors = self.embedder.encode_queries(queries)
         depth = min(SEMANTIC_DEPTH, self.index.ntotal)
         if depth:
@@ -173,8 +170,7 @@ class Searcher:
             cands, best = self._phrase_candidates(phrase, sims, ids)
             if cands:
                 lists.append((best, phrase, cands))
-        # strongest phrase first; the whole prompt last, so hits are credited to the phrase that names them
-        lists.sort(key=lambda item: (item[1] is phrases[-1] and len(phrases) > 1, -item[0]))
+        lists.sort(key=lambda item: -item[0])  # strongest phrase first
 
         # Round-robin over the phrases, strongest first: the i-th best of every subject before the
         # (i+1)-th of any, so one subject with many near-duplicates cannot crowd out the others.

@@ -140,3 +140,9 @@ def walk_dump(root: str | os.PathLike[str], follow_symlinks: bool = False) -> Wa
 
 
 __all__ = ["walk_dump", "WalkResult", "AdapterCandidate", "Path"]
+
+
+def count_items(root: str, follow_symlinks: bool = False) -> int:
+    """How many items an ingest of the dump at ``root`` goes through (adapters, pickles, records)."""
+    walked = walk_dump(root, follow_symlinks=follow_symlinks)
+    return len(walked.adapters) + len(walked.pickles) + len(walked.records)

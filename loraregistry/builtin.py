@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
 MODEL_ENV = "LORAREGISTRY_MODEL"
 BUILTIN_NAME = "toyworld"
@@ -85,7 +85,7 @@ def demo_registry_url() -> str:
 
 def open_demo_registry(url: str | None = None) -> "Registry":
     """The registry of the ToyWorld dump, brought up to date with it (an unchanged re-ingest is a no-op)."""
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     url = url or demo_registry_url()
     if url.startswith("sqlite:///"):

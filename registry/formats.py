@@ -10,11 +10,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from registry.families import CONTEXT_WIDTH_FAMILY, TE_WIDTH_FAMILY, family_of_context_width
 from registry.safetensors_header import SafetensorsHeader, TensorInfo
-
-# Cross-attention (context) width of each family's UNet, and text-encoder widths.
-CONTEXT_WIDTH_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-TE_WIDTH_FAMILY = {768: "sd1", 1024: "sd2"}
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")
 KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_mid.weight", ".dora_scale")
@@ -37,6 +34,7 @@ class FormatInfo:
     format: str  # kohya-lora, kohya-locon, lycoris-loha, lycoris-lokr, diffusers, peft, diffusers-attnproc, cloneofsimo, unknown
     base_family: str | None  # sd1, sd2, sdxl, flux, other, or None when nothing tells
     family_evidence: str  # "shapes: cross-attention width 768", "metadata: ss_base_model_version=sd_v1", ...
+    context_width: int | None = None  # input width of the UNet's cross-attention keys/values, when adapted
     rank: int | None = None
     alpha: float | None = None
     unet_modules: int = 0
@@ -110,28 +108,31 @@ def _input_width(header: SafetensorsHeader, module: str) -> int | None:
     return None
 
 
-def _family_from_shapes(header: SafetensorsHeader, fmt: str, modules: set[str]) -> tuple[str | None, str]:
+def _context_width(header: SafetensorsHeader, modules: set[str]) -> int | None:
+    """The most common input width of the adapted cross-attention key/value projections."""
+    cross = [m for m in modules if re.search(r"attn2[._](processor[._])?to_[kv](_lora)?$", m)]
+    widths = Counter(w for m in cross if (w := _input_width(header, m)))
+    return widths.most_common(1)[0][0] if widths else None
+
+
+def _family_from_shapes(header: SafetensorsHeader, fmt: str, modules: set[str], width: int | None) -> tuple[str | None, str]:
     keys = list(header.tensors)
     if any(marker in k for k in keys for marker in FLUX_MARKERS) and not any("attn2" in k for k in keys):
         return "flux", "names: Flux transformer blocks"
     if fmt == "cloneofsimo":
         widths = {info.shape[1] for k, info in header.tensors.items() if k.startswith("unet:") and k.endswith(":down")}
-        for width, family in CONTEXT_WIDTH_FAMILY.items():
-            if width in widths:
-                return family, f"shapes: UNet adapter input width {width} (cross-attention context)"
-    cross = [m for m in modules if re.search(r"attn2[._](processor[._])?to_[kv](_lora)?$", m)]
-    widths = Counter(w for m in cross if (w := _input_width(header, m)))
-    if widths:
-        width = widths.most_common(1)[0][0]
-        family = CONTEXT_WIDTH_FAMILY.get(width, "other")
-        return family, f"shapes: cross-attention width {width}"
+        for w, family in CONTEXT_WIDTH_FAMILY.items():
+            if w in widths:
+                return family, f"shapes: UNet adapter input width {w} (cross-attention context)"
+    if width is not None:
+        return family_of_context_width(width), f"shapes: cross-attention width {width}"
     if any(m.startswith(("lora_te2_", "text_encoder_2.")) for m in modules):
         return "sdxl", "names: second text encoder"
     te = [m for m in modules if _is_te(m) and re.search(r"q_proj$", m)]
     te_widths = Counter(w for m in te if (w := _input_width(header, m)))
     if te_widths:
-        width = te_widths.most_common(1)[0][0]
-        return TE_WIDTH_FAMILY.get(width, "other"), f"shapes: text-encoder width {width}"
+        w = te_widths.most_common(1)[0][0]
+        return TE_WIDTH_FAMILY.get(w, "other"), f"shapes: text-encoder width {w}"
     return None, "no shape evidence"
 
 
@@ -201,7 +202,8 @@ def detect_format(header: SafetensorsHeader) -> FormatInfo:
     else:
         fmt = "unknown"
 
-    family, evidence = _family_from_shapes(header, fmt, modules)
+    width = _context_width(header, modules)
+    family, evidence = _family_from_shapes(header, fmt, modules, width)
     meta_family = family_from_metadata(header.metadata)
     notes: list[str] = []
     if family is None and meta_family:
@@ -213,6 +215,7 @@ def detect_format(header: SafetensorsHeader) -> FormatInfo:
         format=fmt,
         base_family=family,
         family_evidence=evidence,
+        context_width=width,
         rank=_rank(header, fmt),
         alpha=_alpha(header),
         unet_modules=sum(1 for m in modules if not _is_te(m)),

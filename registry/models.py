@@ -28,7 +28,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry.db import Base, created_at, updated_at
 
-FAMILIES = ("sd1", "sd2", "sdxl", "flux", "other")
 SOURCES = ("sidecar", "header", "catalog")
 
 model_tags = Table(

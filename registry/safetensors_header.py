@@ -139,7 +139,7 @@ def _parse(path: str, fh: BinaryIO, size: int) -> SafetensorsHeader:
         tensors[key] = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
 
     spans = sorted((t.begin, t.end, k) for k, t in tensors.items() if t.end > t.begin)
-    for (b0, e0, k0), (b1, _e1, k1) in zip(spans, spans[1:]):
+    for (_b0, e0, k0), (b1, _e1, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise bad(f"tensors {k0!r} and {k1!r} overlap in the data section")
     return SafetensorsHeader(path=path, size=size, header_len=n, tensors=tensors, metadata=metadata)

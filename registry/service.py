@@ -110,7 +110,7 @@ class CatalogWriter:
             self.upsert_version(model, vrec, source)
         return model
 
-    def _find_version(self, model: LoraModel, vrec: VersionRecord) -> Version | None:
+    def find_version(self, model: LoraModel, vrec: VersionRecord) -> Version | None:
         if vrec.civitai_id is None:
             return next((v for v in model.versions if v.civitai_id is None), None)
         for version in model.versions:
@@ -122,7 +122,7 @@ class CatalogWriter:
         return found
 
     def upsert_version(self, model: LoraModel, vrec: VersionRecord, source: str) -> Version:
-        version = self._find_version(model, vrec)
+        version = self.find_version(model, vrec)
         family = normalize_base_model(vrec.base_model) if vrec.base_model else None
         if version is None:
             version = Version(

@@ -25,10 +25,10 @@ def main() -> None:
     os.environ.pop("LORAREGISTRY_DB", None)
     os.environ.pop("LORAREGISTRY_MODEL", None)
 
+    from browser import LiveServer, chrome
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from browser import LiveServer, chrome
     from loraregistry.web import create_app
     from loraregistry.web.server import build_state, resolve
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from registry.hashing import autov2, sha256_file
+
 
 def file_hashes(path: Path) -> dict[str, str]:
-    """Civitai's hashes: full SHA256, and AutoV2 = its first 10 hex digits (Civitai upper-cases)."""
-    sha = hashlib.sha256(path.read_bytes()).hexdigest().upper()
-    return {"SHA256": sha, "AutoV2": sha[:10]}
+    """Civitai's hashes: full SHA256 and AutoV2 (Civitai upper-cases them)."""
+    sha = sha256_file(str(path)).upper()
+    return {"SHA256": sha, "AutoV2": autov2(sha)}
 
 
 def model_record(

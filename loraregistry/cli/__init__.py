@@ -10,7 +10,7 @@ import click
 
 from loraregistry.cli.common import CliContext
 
-# Modules that each define one click command (or group) named like the module's COMMANDS list.
+# Modules that each define click commands (or groups), listed in the module's COMMANDS.
 _COMMAND_MODULES = (
     "loraregistry.cli.ingest",
     "loraregistry.cli.search",
@@ -43,13 +43,7 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # a subcommand module not written yet
-        if exc.name != _name:
-            raise
-        continue
-    for _command in _module.COMMANDS:
+    for _command in importlib.import_module(_name).COMMANDS:
         cli.add_command(_command)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
 
 @dataclass
@@ -22,7 +22,7 @@ class CliContext:
 
     def registry(self) -> "Registry":
         if self._registry is None:
-            from registry.api import Registry
+            from loraregistry.api import Registry
 
             self._registry = Registry.open(self.db_url)
         return self._registry

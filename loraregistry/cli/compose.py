@@ -1,34 +1,33 @@
-"""``loraregistry compose``: generate images with several LoRAs (LoRAtorio and baselines)."""
+"""``loraregistry compose``: generate images with several LoRAs (LoRAtorio and baselines).
+
+The options arrive as one dict and are handed out in the library's own groups (``Generation``,
+``SelectionParams``, ``LoratorioParams``: their defaults are the library's, defined once).
+"""
 from __future__ import annotations
 
 import json
 import os
 import sys
+from typing import Any
 
 import click
 
-from composer.params import LoratorioParams
+from composer import methods
+from composer.params import Generation, LoratorioParams, SelectionParams
 from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
 
-_DEFAULT = LoratorioParams()
-
-METHODS = ("base", "merge", "switch", "composite", "loratorio")
+_LT, _SEL, _GEN = LoratorioParams(), SelectionParams(), Generation()
 
 
 def _errors():
     """Library exceptions that become one clean ClickException."""
-    errs: list[type[BaseException]] = [ValueError, OSError]
-    try:
-        from registry.errors import RegistryError
+    from registry.errors import RegistryError
 
-        errs.append(RegistryError)
-    except ImportError:
-        pass
-    return tuple(errs)
+    return (ValueError, OSError, RegistryError)
 
 
-def _progress(total_jobs: int, quiet: bool):
+def _progress(quiet: bool):
     """A rich progress bar over steps on stderr (hidden with --json or when not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -40,15 +39,19 @@ def _progress(total_jobs: int, quiet: bool):
 
 def _quiet_libraries() -> None:
     """Keep diffusers/transformers chatter (load reports, missing-TE-key notes) off the output."""
+    import warnings
+
     import diffusers
     import transformers
-
-    import warnings
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
     # Several adapters on one model is what the composer means to do; PEFT warns about it each time.
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+
+
+def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {n: opts.pop(n) for n in names}
 
 
 @click.command("compose")
@@ -57,10 +60,10 @@ def _quiet_libraries() -> None:
               help="Hugging Face id or save_pretrained directory (SD 1.x/2.x, SDXL). Env: LORAREGISTRY_MODEL. "
                    "Default: the built-in ToyWorld pipeline (and, without --db, its demo registry).")
 @click.option("--lora", "-l", "loras", multiple=True, metavar="ID_OR_FILE[:WEIGHT]", help="A LoRA file or registry id/name, optional weight. Repeatable.")
-@click.option("--method", type=click.Choice(METHODS), default="loratorio", show_default=True, help="How to combine the LoRAs.")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Denoising steps (default 20; built-in model 25).")
-@click.option("--cfg", type=float, default=None, help="Classifier-free guidance scale (default 7.5; built-in model 2).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--method", type=click.Choice(methods.NAMES), default=methods.DEFAULT, show_default=True, help="How to combine the LoRAs.")
+@click.option("--steps", type=click.IntRange(1), default=None, help=f"Denoising steps (default {_GEN.steps}; built-in model {BUILTIN_STEPS}).")
+@click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale (default {_GEN.cfg:g}; built-in model {BUILTIN_CFG:g}).")
+@click.option("--seed", type=int, default=_GEN.seed, show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None, help="Default: the model's native size.")
 @click.option("--height", type=click.IntRange(8), default=None)
 @click.option("--negative-prompt", default="", help="Negative prompt.")
@@ -68,35 +71,32 @@ def _quiet_libraries() -> None:
 @click.option("--weights-map", default=None, metavar="FILE.png", help="Write an image of each LoRA's per-patch weights over the steps.")
 @click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="JOBS.jsonl",
               help="Run one job per JSON line on one warm pipeline; needs --out DIR.")
-@click.option("--patch", "p", type=click.IntRange(1), default=_DEFAULT.p, show_default=True, help="LoRAtorio patch side p (latent pixels).")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=_DEFAULT.tau, show_default=True, help="LoRAtorio SoftMin temperature.")
-@click.option("--lam", "lam", type=click.FloatRange(0, 1), default=_DEFAULT.lam, show_default=True, help="LoRAtorio re-centring weight lambda.")
-@click.option("--top-k", "k", type=click.IntRange(1), default=None, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
-@click.option("--equalise/--no-equalise", default=_DEFAULT.equalise, show_default=True,
-              help="LoRAtorio: rescale each LoRA's divergence by its own mean before the SoftMin (ours, not the paper's).")
+@click.option("--patch", "p", type=click.IntRange(1), default=_LT.p, show_default=True, help="LoRAtorio patch side p (latent pixels).")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=_LT.tau, show_default=True, help="LoRAtorio SoftMin temperature.")
+@click.option("--lam", "lam", type=click.FloatRange(0, 1), default=_LT.lam, show_default=True, help="LoRAtorio re-centring weight lambda.")
+@click.option("--top-k", "k", type=click.IntRange(1), default=_LT.k, help="LoRAtorio dynamic selection: keep the k most divergent LoRAs per patch.")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
               help="Model precision; auto: float16 on a GPU, float32 on a CPU.")
 @click.option("--pool", "pool", multiple=True, metavar="ID_OR_FILE[:WEIGHT]",
               help="Choose the LoRAs among these (probe + prune, no registry search). Repeatable.")
-@click.option("--candidates", "n_candidates", type=click.IntRange(1), default=16, show_default=True,
+@click.option("--candidates", type=click.IntRange(1), default=_SEL.candidates, show_default=True,
               help="Without --lora: how many LoRAs to retrieve from the registry (K).")
-@click.option("--keep", "keep", type=click.IntRange(1), default=None, help="Without --lora: most LoRAs to keep (k; default 4, at most the pool).")
-@click.option("--probe-steps", type=click.IntRange(1), default=3, show_default=True, help="Without --lora: denoising steps of the probe (P).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--keep", type=click.IntRange(1), default=None,
+              help=f"Without --lora: most LoRAs to keep (k; default {SelectionParams.MAX_KEEP}, at most the pool).")
+@click.option("--probe-steps", type=click.IntRange(1), default=_SEL.probe_steps, show_default=True, help="Without --lora: denoising steps of the probe (P).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=_SEL.threshold, show_default=True,
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
-@click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=0.75, show_default=True,
+@click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=_SEL.retrieval_weight, show_default=True,
               help="Without --lora: weight of the retrieval score against the probe score (geometric).")
-@click.option("--reuse-probe/--no-reuse-probe", default=False, show_default=True,
+@click.option("--reuse-probe/--no-reuse-probe", default=_SEL.reuse_probe, show_default=True,
               help="Without --lora: continue from the probe's latents instead of recomputing its steps "
                    "(saves P steps of composition; see benchmarks/results/toyworld_auto.md).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @json_option
 @pass_cli
-def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed, width, height, negative_prompt, out,
-            weights_map, batch_file, p, tau, lam, k, equalise, switch_every, device, dtype, pool, n_candidates, keep,
-            probe_steps, threshold, retrieval_weight, reuse_probe, cache_mb, as_json):
+def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     """Generate an image from PROMPT with several LoRAs composed by LoRAtorio (or a baseline).
 
     LoRAs come from --lora (file paths or registry ids/names) and from A1111 tags in the prompt.
@@ -108,6 +108,8 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
 
     Example: loraregistry --db loras.db compose "a kiki on the left, checkerboard background" --model ./toy --keep 2
     """
+    batch_file, out, weights_map, as_json = opts.pop("batch_file"), opts.pop("out"), opts.pop("weights_map"), opts.pop("as_json")
+    loras, pool, method = opts.pop("loras"), opts.pop("pool"), opts["method"]
     if batch_file and prompt:
         raise click.UsageError("give either PROMPT or --batch JOBS.jsonl, not both")
     if not batch_file and not prompt:
@@ -116,85 +118,50 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
         raise click.UsageError("--batch needs --out DIR")
     if batch_file and weights_map:
         raise click.UsageError("--weights-map is per image; with --batch each job's map goes to DIR/<name>.weights.png")
-
-    from composer import Composer, Job
-    from composer.loras import extract_prompt_loras, parse_lora_token
-
-    try:
-        model, cli_ctx = _resolve_model(cli_ctx, model, as_json)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from exc
-    builtin = model.builtin
-    model = model.path
-    if steps is None:
-        steps = BUILTIN_STEPS if builtin else 20
-    if cfg is None:
-        cfg = BUILTIN_CFG if builtin else 7.5
-
     if pool and (loras or batch_file):
         raise click.UsageError("--pool chooses the LoRAs itself: give it without --lora and --batch")
-    auto = not batch_file and method != "base" and (bool(pool) or (not loras and not extract_prompt_loras(prompt)[1]))
-    if auto:
-        return _auto(cli_ctx, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-                     LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise), device, dtype, pool, n_candidates, keep, probe_steps,
-                     threshold, retrieval_weight, cache_mb, as_json, BUILTIN_NAME if builtin else None, reuse_probe)
+
+    from composer.loras import extract_prompt_loras
+
+    try:
+        choice, cli_ctx = _resolve_model(cli_ctx, opts.pop("model"), as_json)
+        tagged = bool(prompt) and bool(extract_prompt_loras(prompt)[1])
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    runtime = _take(opts, "device", "dtype", "cache_mb")
+    runtime["name"] = BUILTIN_NAME if choice.builtin else None
+    steps, cfg = opts.pop("steps"), opts.pop("cfg")
+    gen = Generation(**_take(opts, "seed", "width", "height", "negative_prompt"),
+                     steps=steps if steps is not None else (BUILTIN_STEPS if choice.builtin else _GEN.steps),
+                     cfg=cfg if cfg is not None else (BUILTIN_CFG if choice.builtin else _GEN.cfg))
+    params = LoratorioParams(**_take(opts, "p", "tau", "lam", "k"))
+    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"))
+    switch_every = opts.pop("switch_every")
 
     _quiet_libraries()
+    auto = not batch_file and methods.method_class(method).needs_loras and (bool(pool) or (not loras and not tagged))
+    if auto:
+        return _auto(cli_ctx, prompt, choice.path, runtime, method, gen, selection, params, list(pool), out, weights_map, as_json)
 
-    params = LoratorioParams(p=p, tau=tau, lam=lam, k=k, equalise=equalise)
-    defaults = dict(method=method, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                    negative_prompt=negative_prompt, switch_every=switch_every)
+    from composer import Composer, Job
+    from composer.api import read_jobs
+    from composer.loras import parse_lora_token
+
     try:
         if batch_file:
-            jobs = []
-            with open(batch_file, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    d = {**defaults, **{"p": p, "tau": tau, "lam": lam, "k": k, "equalise": equalise}, **json.loads(line)}
-                    d.setdefault("name", f"job{n:04d}")
-                    try:
-                        jobs.append(Job.from_dict(d))
-                    except (ValueError, TypeError) as exc:
-                        raise click.ClickException(f"{batch_file}:{n}: {exc}") from exc
+            defaults = {"method": method, "switch_every": switch_every, "p": params.p, "tau": params.tau, "lam": params.lam,
+                        "k": params.k, **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
+            jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)
         else:
-            jobs = [Job(prompt, loras=[parse_lora_token(t) for t in loras], params=params, **defaults)]
-        composer = Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, dtype=dtype, cache_bytes=cache_mb << 20,
-                                            name=BUILTIN_NAME if builtin else None)
+            jobs = [Job.with_generation(prompt, gen, loras=[parse_lora_token(t) for t in loras], method=method,
+                                        params=params, switch_every=switch_every)]
+        composer = Composer.from_pretrained(choice.path, registry=cli_ctx.registry, device=runtime["device"],
+                                            dtype=runtime["dtype"], cache_bytes=runtime["cache_mb"] << 20, name=runtime["name"])
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
 
-    reports = []
-    quiet = as_json or not sys.stderr.isatty()
-    with _progress(len(jobs), quiet) as bar:
-        for job in jobs:
-            task = bar.add_task(job.name or "compose", total=job.steps)
-            try:
-                result = composer.run(job, progress=lambda done, total: bar.update(task, completed=done))
-            except _errors() as exc:
-                if not batch_file:
-                    raise click.ClickException(str(exc)) from exc
-                rep = {"name": job.name, "error": str(exc)}
-                reports.append(rep)
-                if not as_json:
-                    click.echo(json.dumps(rep))
-                continue
-            finally:
-                bar.remove_task(task)
-            rep = result.report
-            path = os.path.join(out, f"{job.name}.png") if batch_file else (out or "compose.png")
-            result.save(path)
-            rep["out"] = path
-            wm_path = weights_map or (os.path.join(out, f"{job.name}.weights.png") if batch_file and result.weights else None)
-            if wm_path:
-                if not result.weights:
-                    raise click.ClickException("--weights-map: method 'base' has no LoRA weights to draw")
-                result.save_weights_map(wm_path)
-                rep["weights_map"] = wm_path
-            reports.append(rep)
-            if batch_file and not as_json:
-                click.echo(json.dumps(rep, default=str))
+    reports = [_run_job(composer, job, batch_file, out, weights_map, as_json) for job in jobs]
     if as_json:
         echo_json(reports if batch_file else reports[0])
     elif not batch_file:
@@ -204,6 +171,35 @@ def compose(cli_ctx: CliContext, prompt, model, loras, method, steps, cfg, seed,
                    f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
     if batch_file and any("error" in r for r in reports):
         raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
+
+
+def _run_job(composer, job, batch_file, out, weights_map, as_json) -> dict[str, Any]:
+    """Run one job and write its PNG (and weights map); in a batch, a failing job is reported, not raised."""
+    quiet = as_json or not sys.stderr.isatty()
+    with _progress(quiet) as bar:
+        task = bar.add_task(job.name or "compose", total=job.steps)
+        try:
+            result = composer.run(job, progress=lambda done, total: bar.update(task, completed=done))
+        except _errors() as exc:
+            if not batch_file:
+                raise click.ClickException(str(exc)) from exc
+            rep = {"name": job.name, "error": str(exc)}
+            if not as_json:
+                click.echo(json.dumps(rep))
+            return rep
+    rep = result.report
+    path = os.path.join(out, f"{job.name}.png") if batch_file else (out or "compose.png")
+    result.save(path)
+    rep["out"] = path
+    wm_path = weights_map or (os.path.join(out, f"{job.name}.weights.png") if batch_file and result.weights else None)
+    if wm_path:
+        if not result.weights:
+            raise click.ClickException(f"--weights-map: method {job.method!r} has no LoRA weights to draw")
+        result.save_weights_map(wm_path)
+        rep["weights_map"] = wm_path
+    if batch_file and not as_json:
+        click.echo(json.dumps(rep, default=str))
+    return rep
 
 
 def _resolve_model(cli_ctx: CliContext, model: str | None, quiet: bool):
@@ -231,26 +227,23 @@ class _DemoContext(CliContext):
         return self._registry
 
 
-def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, height, negative_prompt, out, weights_map,
-          params, device, dtype, pool, n_candidates, keep, probe_steps, threshold, retrieval_weight, cache_mb, as_json,
-          name: str | None = None, reuse_probe: bool = False) -> None:
+def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any], method: str, gen: Generation,
+          selection: SelectionParams, params: LoratorioParams, pool: list[str], out: str | None,
+          weights_map: str | None, as_json: bool) -> None:
     """Retrieve (or take --pool), probe, prune and compose: composer.auto does the work."""
     from composer import Composer
     from composer.auto import AutoComposer
 
-    _quiet_libraries()
     quiet = as_json or not sys.stderr.isatty()
     try:
         registry = cli_ctx.registry()
-        ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=device, dtype=dtype,
-                                                   cache_bytes=cache_mb << 20, name=name), registry)
-        with _progress(1, quiet) as bar:
-            task = bar.add_task("compose", total=steps)
-            result = ac.compose(prompt, list(pool) or None, k=keep, probe_steps=probe_steps, method=method, seed=seed,
-                                candidates=n_candidates, threshold=threshold, retrieval_weight=retrieval_weight,
-                                steps=steps, cfg=cfg, width=width, height=height, negative_prompt=negative_prompt,
-                                params=params, progress=lambda done, total: bar.update(task, completed=done),
-                                reuse_probe=reuse_probe)
+        ac = AutoComposer(Composer.from_pretrained(model, registry=cli_ctx.registry, device=runtime["device"],
+                                                   dtype=runtime["dtype"], cache_bytes=runtime["cache_mb"] << 20,
+                                                   name=runtime["name"]), registry)
+        with _progress(quiet) as bar:
+            task = bar.add_task("compose", total=gen.steps)
+            result = ac.compose(prompt, pool or None, method=method, params=params, gen=gen, selection=selection,
+                                progress=lambda done, total: bar.update(task, completed=done))
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
     rep = result.report
@@ -265,7 +258,7 @@ def _auto(cli_ctx: CliContext, prompt, model, method, steps, cfg, seed, width, h
         return
     sel = rep["selection"]
     loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"])
-    click.echo(f"{path}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {seed}, LoRAs {loras_txt} "
+    click.echo(f"{path}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {gen.seed}, LoRAs {loras_txt} "
                f"(kept {len(sel['survivors'])} of {len(sel['candidates'])} candidates after a "
                f"{sel['probe']['steps'] if sel['probe'] else 0}-step probe), {rep['unet_calls_total']} UNet calls, "
                f"{rep['seconds']:.1f}s")

@@ -35,8 +35,8 @@ def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from loraregistry.api import Registry
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS, builtin_dump_dir, builtin_pipeline_dir
-    from registry.api import Registry
 
     console = Console()
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
 
     _quiet_libraries()
     ac = AutoComposer.from_pretrained(str(pipeline), registry, device="cpu")
-    with _progress(1, False) as bar:
+    with _progress(False) as bar:
         task = bar.add_task("compose", total=BUILTIN_STEPS)
         result = ac.compose(prompt, k=keep, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG,
                             progress=lambda done, total: bar.update(task, completed=done))
@@ -68,7 +68,7 @@ def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
     table = Table()
     for col in ("candidate", "trigger", "retrieval", "probe", "combined", "decision"):
         table.add_column(col, overflow="fold")
-    fmt = lambda x: "" if x is None else f"{x:.3g}"  # noqa: E731
+    fmt = lambda x: "" if x is None else f"{x:.3g}"
     for c in sel.candidates:
         probe = c.probe.get("score") if c.probe else None
         decision = "kept" if c.kept else f"dropped: {c.reason}"

@@ -39,9 +39,7 @@ def ingest(cli: CliContext, path: str | None, catalogs: tuple[str, ...], verify:
         if show_progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            from indexer.ingest import Ingester
-
-            total = _count_lines(target) if target.endswith((".jsonl", ".gz")) else Ingester(registry).total_items(target)
+            total = registry.ingest_total(target, follow_symlinks=follow_symlinks)
             with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           TextColumn("{task.fields[current]}"), console=stderr_console(), transient=True) as bar:
                 task = bar.add_task("ingest", total=total, current="")
@@ -59,17 +57,6 @@ def ingest(cli: CliContext, path: str | None, catalogs: tuple[str, ...], verify:
         _render(reports)
     if failed:
         sys.exit(1)
-
-
-def _count_lines(path: str) -> int | None:
-    """Records in a catalog, for the progress bar (a second cheap pass; None if unreadable)."""
-    import gzip
-
-    try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
-            return sum(1 for line in fh if line.strip())
-    except (OSError, EOFError):
-        return None
 
 
 def _render(reports) -> None:

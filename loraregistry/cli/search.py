@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from loraregistry.cli.common import CliContext, echo_json, json_option, library_errors, pass_cli
+from registry.families import FAMILIES as BASE_FAMILIES
 
-FAMILIES = click.Choice(["sd1", "sd2", "sdxl", "flux", "other"])
+FAMILIES = click.Choice(list(BASE_FAMILIES))
 
 
 @click.command("search")

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from composer import methods
 from loraregistry.web import catalog
 from loraregistry.web.composing import MAX_LORAS, MAX_PROMPT_CHARS, ComposeRequest
 from loraregistry.web.jobs import QueueFull, UnknownJob
@@ -117,7 +118,7 @@ def result_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
 @router.get("/compose/options", summary="The compose form's defaults, methods and the model in use")
 def compose_options(request: Request) -> dict[str, Any]:
     s = state(request)
-    return {"defaults": s.defaults, "methods": ["loratorio", "merge", "switch", "composite", "base"],
+    return {"defaults": s.defaults, "methods": list(methods.NAMES),
             "model": s.model_description, "queue_capacity": s.queue.capacity,
             "limits": {"prompt_chars": MAX_PROMPT_CHARS, "loras": MAX_LORAS}}
 

@@ -24,7 +24,7 @@ DOCS_PATH = "/api/docs"
 class ServeState:
     """What one server process holds: the registry, the job queue over the warm pipeline, the results."""
 
-    registry: Any  # registry.api.Registry
+    registry: Any  # loraregistry.Registry
     queue: JobQueue
     store: ResultStore
     defaults: dict[str, Any] = field(default_factory=dict)  # the compose form's defaults

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from composer import methods
 from loraregistry.web.gallery import ResultStore
 from loraregistry.web.jobs import Progress
 
 MAX_PROMPT_CHARS = 2000
 MAX_LORAS = 16
-Method = Literal["base", "merge", "switch", "composite", "loratorio"]
 
 
 class LoraChoice(BaseModel):
@@ -36,7 +36,8 @@ class ComposeRequest(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     loras: list[LoraChoice] = Field(default_factory=list, max_length=MAX_LORAS,
                                     description="Empty: the registry picks them (retrieve, probe, compose).")
-    method: Method = "loratorio"
+    method: str = Field(methods.DEFAULT, max_length=64, description="One of composer.methods.NAMES.",
+                        json_schema_extra={"enum": list(methods.NAMES)})
     steps: int | None = Field(None, ge=1, le=150)
     cfg: float | None = Field(None, ge=0.0, le=30.0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -44,6 +45,13 @@ class ComposeRequest(BaseModel):
     height: int | None = Field(None, ge=8, le=2048, multiple_of=8)
     keep: int | None = Field(None, ge=1, le=8, description="Automatic choice: most LoRAs to keep (k).")
     candidates: int = Field(16, ge=1, le=64, description="Automatic choice: LoRAs to retrieve (K).")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in methods.NAMES:  # the table of composition methods, as `compose --method`
+            raise ValueError(f"unknown method {value!r}; choose one of {', '.join(methods.NAMES)}")
+        return value
 
 
 @dataclass
@@ -97,7 +105,7 @@ class ComposeService:
         self._lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:
-        return {"method": "loratorio", "steps": self.model.steps, "cfg": self.model.cfg, "seed": 0,
+        return {"method": methods.DEFAULT, "steps": self.model.steps, "cfg": self.model.cfg, "seed": 0,
                 "keep": None, "candidates": 16, "model": self.model.description}
 
     def composer(self) -> Any:
@@ -116,28 +124,30 @@ class ComposeService:
 
     def __call__(self, job_id: str, request: dict[str, Any], progress: Progress) -> dict[str, Any]:
         """Run one job (a ``ComposeRequest`` as a dict) and store its result; the worker calls this."""
-        from composer import Job, LoratorioParams
+        from composer import Job
         from composer.auto import AutoComposer
         from composer.loras import LoraRef, extract_prompt_loras
+        from composer.params import Generation, SelectionParams
 
         req = ComposeRequest.model_validate(request)
         _threads_for_this_job()
         steps = req.steps or self.model.steps
         cfg = req.cfg if req.cfg is not None else self.model.cfg
+        gen = Generation(steps=steps, cfg=cfg, seed=req.seed, width=req.width, height=req.height,
+                         negative_prompt=req.negative_prompt)
         progress("loading the pipeline", 0, steps)
         composer = self.composer()
-        on_step: Callable[[int, int], None] = lambda done, total: progress("composing", done, total)  # noqa: E731
-        auto = req.method != "base" and not req.loras and not extract_prompt_loras(req.prompt)[1]
-        if auto:
+        on_step: Callable[[int, int], None] = lambda done, total: progress("composing", done, total)
+        needs_loras = methods.method_class(req.method).needs_loras
+        auto = needs_loras and not req.loras and not extract_prompt_loras(req.prompt)[1]
+        if auto:  # as `loraregistry compose PROMPT` with no LoRAs named
             progress("choosing LoRAs: retrieve and probe", 0, steps)
             result = AutoComposer(composer, self.registry).compose(
-                req.prompt, k=req.keep, method=req.method, seed=req.seed, candidates=req.candidates, steps=steps,
-                cfg=cfg, width=req.width, height=req.height, negative_prompt=req.negative_prompt,
-                params=LoratorioParams(), name=job_id, progress=on_step)
+                req.prompt, method=req.method, name=job_id, progress=on_step, gen=gen,
+                selection=SelectionParams(candidates=req.candidates, keep=req.keep))
         else:
-            job = Job(req.prompt, loras=[LoraRef(c.id, c.weight) for c in req.loras], method=req.method, seed=req.seed,
-                      steps=steps, cfg=cfg, width=req.width, height=req.height, negative_prompt=req.negative_prompt,
-                      name=job_id)
+            job = Job.with_generation(req.prompt, gen, loras=[LoraRef(c.id, c.weight) for c in req.loras],
+                                      method=req.method, name=job_id)
             progress("loading LoRAs", 0, steps)
             result = composer.run(job, progress=on_step)
         progress("saving", steps, steps)

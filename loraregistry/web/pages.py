@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from composer import methods
 from loraregistry.web import catalog
 from loraregistry.web.api import MAX_PAGE, MAX_QUERY_CHARS, filters_from, job_view, result_view, state
 from loraregistry.web.composing import MAX_LORAS, MAX_PROMPT_CHARS
@@ -92,7 +93,7 @@ def compose(request: Request, lora: list[int] = Query([], max_length=MAX_LORAS))
             chosen.append(s.registry.get(entry_id))
         except NotFound:
             continue
-    return render(request, "compose.html", defaults=s.defaults, model=s.model_description, chosen=chosen,
+    return render(request, "compose.html", defaults=s.defaults, model=s.model_description, chosen=chosen, methods=methods.NAMES,
                   results=[result_view(r) for r in s.store.recent(24)], max_prompt=MAX_PROMPT_CHARS,
                   max_loras=MAX_LORAS, json_url="/api/jobs")
 

@@ -22,8 +22,8 @@ log = logging.getLogger("loraregistry.serve")
 
 def resolve(model: str | None, db_url: str | None) -> tuple[ModelInfo, Any]:
     """The model to compose with and the registry to serve, by the rules of ``compose``."""
+    from loraregistry import Registry
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS, open_demo_registry, resolve_model
-    from registry.api import Registry
 
     choice = resolve_model(model)
     if choice.builtin:

@@ -8,7 +8,6 @@ token, no merges), which is all a random text encoder needs.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch

@@ -5,10 +5,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))  # loras (Civitai sidecars)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "fixtures", "lora-files")
 FIXTURES = os.path.normpath(os.environ.get("LORA_FIXTURES", FIXTURES))
@@ -38,9 +41,8 @@ def sdxl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sd1_loras(sd1_dir, tmp_path_factory):
     """kohya LoCon (+text encoder), diffusers/PEFT, LyCORIS LoKr (+text encoder) and LoHa files for the tiny SD1."""
-    from diffusers import DiffusionPipeline
-
     from composer_tiny import write_kohya_lora, write_loha, write_lokr, write_peft_lora
+    from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(sd1_dir)
     d = tmp_path_factory.mktemp("sd1-loras")
@@ -54,9 +56,8 @@ def sd1_loras(sd1_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sdxl_loras(sdxl_dir, tmp_path_factory):
-    from diffusers import DiffusionPipeline
-
     from composer_tiny import write_kohya_lora, write_lokr, write_peft_lora
+    from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(sdxl_dir)
     d = tmp_path_factory.mktemp("sdxl-loras")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -25,7 +24,7 @@ def test_compose_one_image_json_png_weights_map(sd1_dir, sd1_loras, tmp_path):
     rep = json.loads(r.output[r.output.index("{"):])
     assert rep["method"] == "loratorio" and rep["unet_calls"] == 2 and rep["unet_samples"] == 2 * 2 * 4
     assert [x["weight"] for x in rep["loras"]] == [0.8, 1.0, 0.5]
-    assert [x["format"] for x in rep["loras"]] == ["kohya", "lycoris-lokr", "diffusers"]
+    assert [x["format"] for x in rep["loras"]] == ["kohya-locon", "lycoris-lokr", "peft"]
     assert Image.open(out).text["parameters"].startswith("a fox <lora:kohya_locon:0.8> <lora:lokr:1> <lora:peft:0.5>\n")
     assert Image.open(wm).size[1] > 3 * 40
     # Seeded: same command, same pixels.
@@ -66,11 +65,34 @@ def test_compose_usage_errors(sd1_dir, tmp_path):
 
 
 def test_registry_id_resolution(sd1_dir, sd1_loras, tmp_path):
-    api = pytest.importorskip("registry.api")
-    pytest.importorskip("registry.errors")
-    r = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path}/none.db", "compose", "x", "--model", sd1_dir,
+    """--lora takes registry ids and names: a LoRA ingested into the registry is composed by its id
+    and by its trigger word (the report names the entry), and an unknown name is one clean error."""
+    import shutil
+
+    from loras import civitai_sidecar
+
+    from loraregistry.api import Registry
+
+    d = tmp_path / "dump"
+    d.mkdir()
+    path = d / "fox_style.safetensors"
+    shutil.copy(sd1_loras["peft"], path)
+    civitai_sidecar(path, model_id=501, version_id=601, name="Fox Style", trained_words=["foxstyle"], description="foxes")
+    db = f"sqlite:///{tmp_path}/reg.db"
+    reg = Registry.open(db)
+    reg.ingest(str(d))
+    entry = reg.find("foxstyle")
+    reg.close()
+    for token in (str(entry.id), "foxstyle"):
+        r = CliRunner().invoke(cli, ["--db", db, "compose", "x", "--model", sd1_dir, "--lora", f"{token}:0.6",
+                                     "--lora", sd1_loras["kohya"], "--steps", "1", "--width", "32", "--height", "32",
+                                     "--device", "cpu", "--out", str(tmp_path / "x.png"), "--json"])
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.output[r.output.index("{"):])
+        assert (rep["loras"][0]["name"], rep["loras"][0]["registry_id"], rep["loras"][0]["weight"]) == ("Fox Style", entry.id, 0.6)
+    r = CliRunner().invoke(cli, ["--db", db, "compose", "x", "--model", sd1_dir,
                                  "--lora", "no-such-lora", "--steps", "1", "--device", "cpu"])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 1 and "no registry entry matches 'no-such-lora'" in r.output and "Traceback" not in r.output
 
 
 def test_compose_in_half_precision(sd1_dir, sd1_loras, tmp_path):

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from composer import convert as cv
 from composer.loras import LoraError, LoraRef, extract_prompt_loras, parse_lora_token
+from registry.formats import detect_format
+from registry.safetensors_header import read_header
 
 SD15_UNET = dict(
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64, in_channels=4, out_channels=4,
@@ -37,9 +39,10 @@ def test_real_lokr_files_fit_sd15_exactly(fixtures_dir, name):
     only, no 3.4 GB of weights), the rewritten kohya factors have that module's exact weight shape,
     and their product equals LyCORIS' kron delta."""
     mods = _meta_sd15()
-    sd = load_file(os.path.join(fixtures_dir, f"{name}.safetensors"))
-    assert cv.detect_lora_format(sd) == "lycoris-lokr"
-    assert cv.lora_cross_attention_width(sd) == 768
+    path = os.path.join(fixtures_dir, f"{name}.safetensors")
+    sd = load_file(path)
+    info = detect_format(read_header(path))
+    assert (info.format, info.base_family, info.context_width) == ("lycoris-lokr", "sd1", 768)
     convs = {k: (m.in_channels, *m.kernel_size) for k, m in mods.items() if isinstance(m, torch.nn.Conv2d)}
     out = cv.lokr_to_kohya_lora(sd, convs)
     prefixes = {k.split(".", 1)[0] for k in out}
@@ -84,19 +87,41 @@ def test_leftover_keys_raise():
         cv.lokr_to_kohya_lora({"a.lokr_w1": torch.ones(2, 2), "a.lokr_w2": torch.ones(2, 2), "junk": torch.ones(1)})
 
 
-def test_format_detection_on_real_files(fixtures_dir):
-    expected = {
-        "smart_falcon_4_lokr": "lycoris-lokr", "analog_svd_rank4": "cloneofsimo",
-        "diffusers_sd15_text_to_image_lora": "diffusers", "diffusers_attnprocs_sd15": "diffusers",
-        "malformed_kohya_like": "unknown", "flux_aitoolkit_lora": "diffusers",
-    }
-    for name, fmt in expected.items():
-        sd = load_file(os.path.join(fixtures_dir, f"{name}.safetensors"))
-        assert cv.detect_lora_format(sd) == fmt, name
-    flux = load_file(os.path.join(fixtures_dir, "flux_aitoolkit_lora.safetensors"))
-    assert cv.is_flux_transformer(flux)
-    sd2 = load_file(os.path.join(fixtures_dir, "diffusers_sd2_bf16.safetensors"))
-    assert cv.lora_cross_attention_width(sd2) == 1024
+def test_loader_reports_the_registry_format(sd1_composer, fixtures_dir):
+    """The composer checks a file with the registry's detector: one vocabulary for both."""
+    path = os.path.join(fixtures_dir, "diffusers_sd15_text_to_image_lora.safetensors")
+    info = detect_format(read_header(path))
+    with pytest.raises(LoraError, match="width 768"):  # an SD1.5 LoRA on the tiny UNet (width 32)
+        sd1_composer.loader.check(path)
+    assert info.format == "diffusers" and info.base_family == "sd1"
+
+
+def test_family_from_metadata_is_checked(sd1_composer, sd1_dir, tmp_path):
+    """A LoRA whose shapes say nothing of its family (self-attention only) but whose metadata says
+    SDXL is refused on an SD1-style pipeline before anything is installed; without the check its
+    tensors would fit and load silently."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    unet = DiffusionPipeline.from_pretrained(sd1_dir).unet
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, mod in unet.named_modules():
+        if name.endswith("attn1.to_q"):
+            key = "lora_unet_" + name.replace(".", "_")
+            sd[f"{key}.lora_down.weight"] = torch.randn(2, mod.in_features, generator=g)
+            sd[f"{key}.lora_up.weight"] = torch.randn(mod.out_features, 2, generator=g)
+    path = str(tmp_path / "xl_by_metadata.safetensors")
+    save_file(sd, path, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    adapters_before = set(sd1_composer.pipe.unet.peft_config) if getattr(sd1_composer.pipe.unet, "peft_config", None) else set()
+    with pytest.raises(LoraError, match="sdxl LoRA .*metadata.* the pipeline is other"):
+        sd1_composer.loader.load(LoraRef(path))
+    adapters_after = set(sd1_composer.pipe.unet.peft_config) if getattr(sd1_composer.pipe.unet, "peft_config", None) else set()
+    assert adapters_after == adapters_before
+    # The same tensors without the metadata load: it is the family check that refused them.
+    plain = str(tmp_path / "plain.safetensors")
+    save_file(sd, plain)
+    assert sd1_composer.loader.load(LoraRef(plain)).format == "kohya-lora"
 
 
 def test_lora_tokens_and_prompt_tags(tmp_path):
@@ -108,6 +133,9 @@ def test_lora_tokens_and_prompt_tags(tmp_path):
     prompt, refs = extract_prompt_loras("a knight, <lora:armor:0.8> castle <lora:ink>")
     assert prompt == "a knight, castle"
     assert refs == [LoraRef("armor", 0.8), LoraRef("ink", 1.0)]
+    assert extract_prompt_loras("<lyco:falcon:0.5>, a bird") == ("a bird", [LoraRef("falcon", 0.5)])
+    with pytest.raises(LoraError, match="hypernetworks are not supported"):
+        extract_prompt_loras("a bird <hypernet:old:1>")
 
 
 def test_sd1_loads_all_formats_with_text_encoder_parts(sd1_dir, sd1_loras):
@@ -115,7 +143,7 @@ def test_sd1_loads_all_formats_with_text_encoder_parts(sd1_dir, sd1_loras):
 
     c = Composer.from_pretrained(sd1_dir, device="cpu")
     loaded = c.loader.load_all([LoraRef(p) for p in sd1_loras.values()])
-    assert [a.format for a in loaded] == ["kohya", "diffusers", "lycoris-lokr", "lycoris-loha"]
+    assert [a.format for a in loaded] == ["kohya-locon", "peft", "lycoris-lokr", "lycoris-loha"]
     assert [a.text_encoder for a in loaded] == [True, False, True, False]
     # The text-encoder half really arrived (transformers 5 renamed CLIP's modules).
     sd = load_file(sd1_loras["kohya"])
@@ -133,7 +161,7 @@ def test_sd1_loads_all_formats_with_text_encoder_parts(sd1_dir, sd1_loras):
     ("smart_falcon_4_lokr", "cross-attention width 768"),
     ("diffusers_sd2_bf16", "width 1024"),
     ("flux_aitoolkit_lora", "flux"),
-    ("malformed_kohya_like", "unrecognised LoRA format"),
+    ("malformed_kohya_like", "unrecognised LoRA key layout"),
 ])
 def test_wrong_family_and_bad_files_are_refused(sd1_composer, fixtures_dir, name, needle):
     with pytest.raises(LoraError, match=needle):

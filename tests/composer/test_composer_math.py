@@ -140,45 +140,12 @@ def test_shape_errors_are_raised():
         cm.patch_cosine_similarity(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4), 2)
 
 
-def test_equalise_divergence_hand_computed():
-    # Two LoRAs, four patches. Global: divergence 0.4 everywhere (mean 0.4). Local: 0.4 in patch 0,
-    # 0 elsewhere (mean 0.1). Common mean 0.25.
-    s = 1 - torch.tensor([[0.4, 0.4, 0.4, 0.4], [0.4, 0.0, 0.0, 0.0]]).reshape(2, 1, 2, 2)
-    e = cm.equalise_divergence(s)
-    d = 1 - e
-    assert torch.allclose(d[0].flatten(), torch.full((4,), 0.25))
-    assert torch.allclose(d[1].flatten(), torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    # The mean divergence over all LoRAs and patches is kept.
-    assert (1 - e).mean().item() == pytest.approx((1 - s).mean().item())
-
-
-def test_equalised_weights_give_a_local_lora_its_patches():
-    """The failure it fixes: a LoRA that diverges everywhere out-diverges a local one in the local
-    one's own patch under the plain SoftMin; equalised, each wins where it is unusually far."""
-    d = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.4, 0.02, 0.02, 0.02]]).reshape(2, 1, 2, 2)
-    s = 1 - d
-    plain = cm.softmin_weights(s, tau=0.05)
-    assert (plain[0] > 0.5).all()  # the global LoRA takes every patch, the local one's included
-    eq = cm.softmin_weights(cm.equalise_divergence(s), tau=0.05)
-    assert eq[1, 0, 0, 0] > 0.99  # the local LoRA's patch
-    assert (eq[0].flatten()[1:] > 0.9).all()  # the rest stays the global LoRA's
-
-
-def test_equalise_keeps_equal_and_single_loras_unchanged():
+def test_full_step_weights_are_the_papers_softmin():
     torch.manual_seed(0)
-    s = torch.rand(1, 2, 3, 3)
-    # One LoRA: rescaled by its own mean / itself = unchanged.
-    assert torch.allclose(cm.equalise_divergence(s), s, atol=1e-6)
-    two = torch.cat([s, s])
-    w = cm.softmin_weights(cm.equalise_divergence(two), tau=0.05)
-    assert torch.allclose(w, torch.full_like(w, 0.5))
-    # Through the full step, equalise=False is the paper's rule.
     base_c, base_u = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
     lc, lu = torch.randn(3, 2, 4, 4, 4), torch.randn(3, 2, 4, 4, 4)
-    _, _, w_plain = cm.loratorio_predictions(base_c, base_u, lc, lu, 2, 0.05, 0.5)
-    assert torch.allclose(w_plain, cm.softmin_weights(cm.patch_cosine_similarity(lc, base_c, 2), 0.05))
-    _, _, w_eq = cm.loratorio_predictions(base_c, base_u, lc, lu, 2, 0.05, 0.5, equalise=True)
-    assert not torch.allclose(w_eq, w_plain)
+    _, _, w = cm.loratorio_predictions(base_c, base_u, lc, lu, 2, 0.05, 0.5)
+    assert torch.allclose(w, cm.softmin_weights(cm.patch_cosine_similarity(lc, base_c, 2), 0.05))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

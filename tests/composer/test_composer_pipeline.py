@@ -18,10 +18,10 @@ def test_wrapper_passes_for_the_unet(sd1_composer):
     """With the base branch alone the wrapped stock pipeline gives the stock pipeline's image."""
     c = sd1_composer
     r = c.run(Job("a red cube", method="base", steps=3, width=32, height=32, seed=3))
-    c.pipe.disable_lora() if c._has_adapters() else None
+    c.pipe.disable_lora() if c.has_adapters() else None
     stock = c.pipe("a red cube", num_inference_steps=3, width=32, height=32, output_type="pil",
                    generator=torch.Generator("cpu").manual_seed(3)).images[0]
-    if c._has_adapters():
+    if c.has_adapters():
         c.pipe.enable_lora()
     assert np.abs(_img(r) - np.asarray(stock).astype(np.float64)).max() == 0
 
@@ -190,9 +190,9 @@ def test_branch_encodings_follow_text_encoder_parts(sd1_composer, sd1_loras):
     with_te, without = c.loader.load_all([LoraRef(sd1_loras["kohya"], 0.8), LoraRef(sd1_loras["peft"], 1.0)])
     assert with_te.text_encoder and not without.text_encoder
     enc: dict = {}
-    base = c._branch(BASE, "a red cube", "", None, enc)
-    te = c._branch(with_te.adapter, "a red cube", "", [with_te], enc)
-    plain = c._branch(without.adapter, "a red cube", "", [without], enc)
+    base = c.branch(BASE, "a red cube", "", None, enc)
+    te = c.branch(with_te.adapter, "a red cube", "", [with_te], enc)
+    plain = c.branch(without.adapter, "a red cube", "", [without], enc)
     assert plain.cond is base.cond and len(enc) == 2
     assert (te.cond - base.cond).abs().max() > 1e-4
     with torch.no_grad():
@@ -229,7 +229,9 @@ def test_stacked_forward_held_for_the_run_and_taken_out_after(sd1_composer, sd1_
     def boom(*a, **k):
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(dn.LoratorioCombine, "__call__", boom)
+    from composer.methods.loratorio import Loratorio
+
+    monkeypatch.setattr(Loratorio, "combine", boom)
     with pytest.raises(RuntimeError, match="stop"):
         sd1_composer.run(Job("a cat", loras=loras, steps=4, width=32, height=32, seed=1))
     assert len(entered) == 2
@@ -249,3 +251,54 @@ def test_sdxl_in_bfloat16(sdxl_dir, sdxl_composer, sdxl_loras):
     assert h.report["dtype"] == "bfloat16" and f.report["dtype"] == "float32"
     assert half.pipe.unet.dtype == torch.bfloat16
     assert np.abs(_img(h) - _img(f)).mean() < 3 and _img(h).std() > 1
+
+
+def test_switch_rotates_one_lora_at_a_time(sd1_composer, sd1_loras):
+    """Switch runs exactly one LoRA per step, rotating every ``switch_every`` steps: the UNet's
+    active adapter at each step follows the rotation, and with one LoRA for the whole run it is
+    that LoRA merged alone."""
+    c = sd1_composer
+    loras = [sd1_loras["kohya"], sd1_loras["peft"]]
+    kw = dict(width=32, height=32, seed=3)
+    for every, pattern in ((1, [0, 1, 0, 1]), (2, [0, 0, 1, 1])):
+        active = []
+        r = c.run(Job("a road", loras=loras, method="switch", switch_every=every, steps=4, **kw),
+                  callback=lambda info: active.append(tuple(c.pipe.unet.active_adapters())))
+        names = [a["adapter"] for a in r.report["loras"]]
+        assert active == [(names[k],) for k in pattern]
+        assert [int(w.flatten().argmax()) for w in r.weights] == pattern
+        assert r.report["options"] == {"switch_every": every}
+    whole = c.run(Job("a road", loras=loras, method="switch", switch_every=3, steps=3, **kw))
+    alone = c.run(Job("a road", loras=loras[:1], method="merge", steps=3, **kw))
+    assert np.abs(_img(whole) - _img(alone)).max() <= 1
+
+
+def test_composite_averages_the_branches(sd1_composer, sd1_loras, tmp_path):
+    """Composite's prediction is the mean of its LoRA branches' at every step (checked on the
+    real predictions through the observation callback), so two copies of one LoRA are that LoRA."""
+    import shutil
+
+    seen = []
+    loras = [sd1_loras["kohya"], sd1_loras["peft"]]
+    sd1_composer.run(Job("a bridge", loras=loras, method="composite", steps=3, width=32, height=32, seed=2),
+                     callback=seen.append)
+    assert len(seen) == 3
+    for info in seen:
+        assert info["eps_c"].shape[0] == 2 and not torch.equal(info["eps_c"][0], info["eps_c"][1])
+        assert torch.allclose(info["cond"], info["eps_c"].mean(0)) and torch.allclose(info["uncond"], info["eps_u"].mean(0))
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(sd1_loras["peft"], copy)
+    kw = dict(steps=3, width=32, height=32, seed=2)
+    two = sd1_composer.run(Job("a bridge", loras=[sd1_loras["peft"], str(copy)], method="composite", **kw))
+    one = sd1_composer.run(Job("a bridge", loras=[sd1_loras["peft"]], method="merge", **kw))
+    assert np.abs(_img(two) - _img(one)).max() <= 1
+
+
+def test_observation_callback_sees_loratorio_similarities(sd1_composer, sd1_loras):
+    seen = []
+    r = sd1_composer.run(Job("a bird", loras=[sd1_loras["kohya"], sd1_loras["peft"]], steps=2, width=32, height=32),
+                         callback=seen.append)
+    assert [i["step"] for i in seen] == [0, 1]
+    sim = seen[0]["similarity"]
+    assert sim.shape == (2, 1, 16, 16) and torch.all(sim <= 1.0001)
+    assert torch.allclose(seen[1]["weights"][:, 0], r.weights[1])

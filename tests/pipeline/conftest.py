@@ -36,9 +36,8 @@ def sd1_dir(tmp_path_factory) -> str:
 def dump(sd1_dir, tmp_path_factory) -> dict[str, str]:
     """A Civitai-style dump: one kohya LoRA + sidecar per skill for the tiny SD1, plus one real-shaped
     SD 1.5 LoRA (cross-attention width 768) that the tiny pipeline must never be given."""
-    from diffusers import UNet2DConditionModel
-
     from composer_tiny import write_kohya_lora
+    from diffusers import UNet2DConditionModel
     from loras import civitai_sidecar, kohya_lora
 
     unet = UNet2DConditionModel.from_pretrained(sd1_dir, subfolder="unet")
@@ -58,7 +57,7 @@ def dump(sd1_dir, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def registry(dump, tmp_path_factory):
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reg = Registry.open(f"sqlite:///{tmp_path_factory.mktemp('reg') / 'registry.db'}")
     report = reg.ingest(os.path.dirname(dump["kiki"]))

@@ -52,7 +52,7 @@ def test_retrieve_keeps_family_and_files(auto, dump):
 # ---------------------------------------------------------------- probe, prune, compose
 def test_probe_ranks_active_lora_above_identity(auto, dump):
     ranked = auto.probe("a kiki on the left", pool=[dump["inert"], dump["kiki"]], steps=4, probe_steps=2,
-                        width=32, height=32, top_k=1)
+                        width=32, height=32, probe_top_k=1)
     by = {c.name: c for c in ranked}
     assert ranked[0].name == "kiki"
     assert by["kiki"].probe["far"] > 100 * by["inert"].probe["far"]
@@ -126,7 +126,7 @@ def test_cache_avoids_second_read(sd1_dir, registry, dump):
 # ---------------------------------------------------------------- bad requests fail early
 def test_bad_requests(auto, dump, sd1_dir, tmp_path):
     from composer.auto import AutoComposer
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reads = auto.reads
     with pytest.raises(SelectionError, match="larger than the pool of 2"):
@@ -160,19 +160,21 @@ def test_bad_requests(auto, dump, sd1_dir, tmp_path):
 def test_replayed_steps_reproduce_the_run(auto, dump):
     """Replay mechanics: a run given its own first P guided predictions gives the same image
     without calling the UNet for those steps."""
-    from composer.denoiser import BASE, LoratorioCombine, MultiLoraDenoiser, installed
+    from composer.denoiser import BASE, MultiLoraDenoiser, installed
+    from composer.methods.loratorio import Loratorio
+    from composer.params import LoratorioParams
 
     c = auto.composer
     from composer.loras import LoraRef
 
     loras = c.loader.load_all([LoraRef(dump[n], 1.0) for n in ("kiki", "stripes")])
     prompt = "a kiki on the left, stripes background"
-    branches = [c._branch(BASE, prompt, "", None)] + [c._branch(a.adapter, prompt, "", [a]) for a in loras]
+    branches = [c.branch(BASE, prompt, "", None)] + [c.branch(a.adapter, prompt, "", [a]) for a in loras]
     c.pipe.enable_lora()
     c.pipe.set_adapters([a.adapter for a in loras], [1.0, 1.0])
 
     def run(**kw):
-        d = MultiLoraDenoiser(c.pipe.unet, branches, LoratorioCombine(2, 0.05, 0.5), **kw)
+        d = MultiLoraDenoiser(c.pipe.unet, branches, Loratorio(LoratorioParams(2, 0.05, 0.5)).combine, **kw)
         with torch.inference_mode(), installed(c.pipe, d):
             out = c.pipe(prompt_embeds=branches[0].cond, negative_prompt_embeds=branches[0].uncond, num_inference_steps=4,
                          guidance_scale=7.5, height=32, width=32, output_type="latent",
@@ -197,3 +199,41 @@ def test_compose_can_reuse_the_probe_steps(auto):
     # compose: the 2 replayed steps cost nothing; 2 steps x 2 halves x (base + 2) remain
     assert reused.report["unet_samples"] == 2 * 2 * 3 and plain.report["unet_samples"] == 4 * 2 * 3
     assert reused.report["unet_samples_total"] == plain.report["unet_samples_total"] - 2 * 2 * 3
+
+
+def test_unsupported_candidate_is_dropped_with_its_reason(sd1_dir, dump, tmp_path):
+    """A retrieved candidate the composer cannot apply (a LoKr with Tucker-decomposed conv factors)
+    is dropped with the reason, and the composition goes on with the others; one bad file among
+    thousands must not fail a compose."""
+    import shutil
+
+    from composer_tiny import write_lokr
+    from diffusers import UNet2DConditionModel
+    from loras import civitai_sidecar
+    from safetensors.torch import load_file, save_file
+
+    from composer.auto import AutoComposer
+    from loraregistry.api import Registry
+
+    d = tmp_path / "dump"
+    d.mkdir()
+    for name in ("kiki", "stripes"):
+        shutil.copy(dump[name], d)
+        shutil.copy(dump[name].replace(".safetensors", ".civitai.json"), d)
+    unet = UNet2DConditionModel.from_pretrained(sd1_dir, subfolder="unet")
+    tucker = d / "kiki_tucker.safetensors"
+    sd = load_file(write_lokr(tucker, unet, convs=True))
+    conv = next(k.rsplit(".", 1)[0] for k in sd if "conv1" in k)
+    sd[f"{conv}.lokr_t2"] = torch.ones(2, 2, 3, 3)
+    save_file(sd, str(tucker))
+    civitai_sidecar(tucker, model_id=300, version_id=400, name="Kiki Tucker LoKr", trained_words=["kiki"],
+                    description="an orange ring character, LoKr with Tucker factors")
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    reg.ingest(str(d))
+    ac = AutoComposer.from_pretrained(sd1_dir, reg, device="cpu")
+    r = ac.compose("a kiki on the left, stripes background", k=2, threshold=0.0, seed=1, **FAST)
+    sel = r.report["selection"]
+    dropped = {x["name"]: x["reason"] for x in sel["dropped"]}
+    assert "Tucker" in dropped["Kiki Tucker LoKr"] and "cannot be loaded" in dropped["Kiki Tucker LoKr"]
+    assert sorted(sel["survivors"]) == ["Kiki LoRA", "Stripes LoRA"]
+    reg.close()

@@ -5,7 +5,6 @@ Skips until the ToyWorld issue has produced ``toyworld/assets/pipeline`` and ``t
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def test_two_skill_prompts_keep_their_two_loras(tmp_path):
     if not (PIPELINE.is_dir() and DUMP.is_dir()):
         pytest.skip(f"ToyWorld demo assets not built yet ({PIPELINE} and {DUMP}; see the ToyWorld issue)")
     from composer.auto import AutoComposer
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reg = Registry.open(f"sqlite:///{tmp_path / 'toy.db'}")
     reg.ingest(str(DUMP))

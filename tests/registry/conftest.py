@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from registry.api import Registry
+from loraregistry.api import Registry
 from tests.registry import pgserver
 
 BACKENDS = ("sqlite", "postgresql")
@@ -41,7 +41,7 @@ def pg_server() -> Iterator[pgserver.Server]:
         own_dir = tempfile.mkdtemp(prefix="loraregistry-pg-")
         try:
             url = pgserver.start(own_dir)
-        except Exception as exc:  # noqa: BLE001  (any failure to start means: no server)
+        except Exception as exc:
             pgserver.stop(own_dir)
             _unavailable(f"could not start a throwaway server with initdb/pg_ctl: {exc}")
     try:

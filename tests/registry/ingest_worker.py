@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     install_hash_embedder()
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     if args.kill_after is not None:
         threading.Timer(args.kill_after, _die).start()

@@ -54,7 +54,7 @@ def start(directory: str | os.PathLike[str]) -> str:
         shutil.chown(directory, USER)
     data = directory / "data"
     port = _free_port()
-    run = lambda cmd: subprocess.run(_as_server_user(cmd), check=True, capture_output=True, text=True, cwd=directory)  # noqa: E731
+    run = lambda cmd: subprocess.run(_as_server_user(cmd), check=True, capture_output=True, text=True, cwd=directory)
     run([initdb, "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
     options = f"-h 127.0.0.1 -p {port} -k {directory} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     run([pg_ctl, "-D", str(data), "-l", str(directory / "server.log"), "-w", "-t", "60", "-o", options, "start"])

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import select
 
-from registry.api import Registry
+from loraregistry.api import Registry
 from registry.models import LoraFile
 from tests.registry import fuzzing
 from tests.registry.ingest_worker import HASH_EMBED_MODEL, install_hash_embedder

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 import indexer.ingest as ingest_module
-from registry.api import Registry
+from loraregistry.api import Registry
 from registry.models import LoraFile, LoraModel, Version
 from registry.service import read_stamp
 from tests.registry.loras import civitai_sidecar, kohya_lora, sha256_of

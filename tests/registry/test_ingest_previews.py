@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from registry.api import Registry
+from loraregistry import Registry
 from tests.registry.loras import civitai_sidecar, kohya_lora
 
 

@@ -40,7 +40,7 @@ def test_models_and_migrations_agree(empty_url: str) -> None:
 
 
 def test_registry_opens_a_new_database_at_head(tmp_path: Path) -> None:
-    from registry.api import Registry
+    from loraregistry.api import Registry
 
     reg = Registry.open(f"sqlite:///{tmp_path / 'new' / 'r.db'}")
     assert migrate.current_revision(reg.engine) == migrate.head_revision()

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 import indexer.faiss_index as faiss_index
-from indexer.prompt import decompose, lora_tags
-from registry.api import Registry
+from indexer.prompt import decompose
+from loraregistry.api import Registry
 from registry.errors import RegistryError
+from registry.lora_tags import prompt_tags
 from tests.registry.conftest import BACKENDS, backend_url
 from tests.registry.test_ingest import make_dump
 
@@ -18,7 +19,7 @@ def test_decompose_drops_boilerplate_weights_and_lora_tags() -> None:
     assert [(p.norm, p.boilerplate) for p in phrases] == [
         ("masterpiece", True), ("best quality", True), ("son goku", False), ("nezuko", False), ("red scarf", False), ("8k", True),
     ]  # fmt: skip
-    assert lora_tags("x <lora:goku:0.7>, <lora:b>") == [("goku", 0.7), ("b", None)]
+    assert [(t.kind, t.name, t.weight) for t in prompt_tags("x <lora:goku:0.7>, <LyCo:b>")] == [("lora", "goku", 0.7), ("lyco", "b", None)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

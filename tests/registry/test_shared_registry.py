@@ -12,14 +12,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 import indexer.faiss_index as faiss_index
-from registry.api import Registry
+from loraregistry.api import Registry
 from registry.errors import RegistryError
 from registry.models import Embedding, LoraFile, LoraModel, Tag, Version
 from tests.registry.conftest import backend_url

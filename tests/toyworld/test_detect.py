@@ -133,7 +133,7 @@ def test_base_scene_attributes():
 
 def _perturb(scene: Scene, rng) -> Scene:
     """The same scene with one attribute changed: background, a colour, a shape or a slot."""
-    other = lambda seq, x: [y for y in seq if y != x][int(rng.integers(len(seq) - 1))]  # noqa: E731
+    other = lambda seq, x: [y for y in seq if y != x][int(rng.integers(len(seq) - 1))]
     what = rng.integers(4) if scene.objects else 0
     objs = list(scene.objects)
     if what == 0:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from toyworld import spec
 from toyworld.captions import add_noise, caption, sample_any_scene
 from toyworld.kohya import peft_to_kohya
 from toyworld.models import build_tokenizer

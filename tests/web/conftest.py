@@ -81,7 +81,7 @@ def toy_url(tmp_path_factory: pytest.TempPathFactory, extra_dump: Path) -> str:
 
 @pytest.fixture(scope="session")
 def toy_registry(toy_url: str):
-    from registry.api import Registry
+    from loraregistry import Registry
 
     reg = Registry.open(toy_url)
     yield reg

@@ -7,9 +7,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import FILLERS, make_client, wait_for
 from PIL import Image
 
-from conftest import FILLERS, make_client, wait_for
 from loraregistry.cli import cli
 
 TOYWORLD = {"bouba", "checkerboard", "dots", "framed", "halo", "kiki", "mimi", "stripes"}

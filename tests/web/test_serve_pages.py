@@ -6,8 +6,8 @@ import re
 from html.parser import HTMLParser
 
 from click.testing import CliRunner
-
 from conftest import FILLERS, wait_for
+
 from loraregistry.cli import cli
 
 

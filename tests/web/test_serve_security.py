@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from conftest import HOSTILE_ID, make_client
+
 from tests.registry.loras import civitai_sidecar, kohya_lora
 
 TOKEN = "s3cret-token_for.tests"
@@ -71,8 +71,8 @@ def test_result_files_only_for_job_ids(client, state):
 def test_preview_swapped_for_a_symlink_is_not_served(tmp_path, model_info):
     """The ingest recorded a real preview; afterwards it becomes a link to a secret, or to a file
     that is no image: neither is served."""
+    from loraregistry import Registry
     from loraregistry.web.server import build_state
-    from registry.api import Registry
 
     dump = tmp_path / "dump"
     dump.mkdir()

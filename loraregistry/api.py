@@ -1,6 +1,6 @@
 """The registry's Python API: open a registry by URL, ingest, search, get entries.
 
-    from registry.api import Registry
+    from loraregistry.api import Registry
     reg = Registry.open("sqlite:///loras.db")      # None: $LORAREGISTRY_DB or the default file
     reg.ingest("./civitai_dump")
     for hit in reg.search("a knight in armor, castle background", k=5):
@@ -102,6 +102,19 @@ class Registry:
         self.reindex(only_if_stale=True)
         return report
 
+    def ingest_total(self, path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> int | None:
+        """How many items ``ingest(path)`` goes through, for a progress bar (None: unknown)."""
+        path = os.fspath(path)
+        if os.path.isfile(path) and path.endswith((".jsonl", ".jsonl.gz")):
+            from indexer.catalog_ingest import count_records
+
+            return count_records(path)
+        if os.path.isdir(path):
+            from indexer.walk import count_items
+
+            return count_items(path, follow_symlinks=follow_symlinks)
+        return None
+
     def reindex(self, only_if_stale: bool = False):
         """Rebuild the FAISS index from the embeddings in SQL (embedding what is missing)."""
         from indexer.faiss_index import is_current, read_manifest
@@ -184,7 +197,7 @@ class Registry:
 
     def stats(self) -> dict[str, Any]:
         with self.session() as session:
-            count = lambda stmt: session.scalar(stmt) or 0  # noqa: E731
+            count = lambda stmt: session.scalar(stmt) or 0
             families = dict(session.execute(select(Version.base_family, func.count()).group_by(Version.base_family)).all())
             formats = dict(session.execute(select(LoraFile.format, func.count()).where(LoraFile.status == "present").group_by(LoraFile.format)).all())
             statuses = dict(session.execute(select(LoraFile.status, func.count()).group_by(LoraFile.status)).all())
