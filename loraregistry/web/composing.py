@@ -6,9 +6,10 @@ retrieve, probe, prune and compose (``composer.auto.AutoComposer``); a request t
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -66,14 +67,20 @@ class ModelInfo:
     cfg: float
 
 
-def _threads_for_this_job() -> None:
-    """As many torch threads as the machine has free cores now: on a shared machine, torch's
-    default (all cores) beside a busy core runs many times slower than fewer threads."""
+@contextlib.contextmanager
+def _threads_for_this_job() -> Iterator[None]:
+    """As many torch threads as the machine has free cores now (torch's default, all cores, beside
+    a busy core runs many times slower on a shared machine); the process's setting comes back after."""
     import torch
 
     from indexer.embed import free_cores
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(free_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _quiet_libraries() -> None:
@@ -124,13 +131,16 @@ class ComposeService:
 
     def __call__(self, job_id: str, request: dict[str, Any], progress: Progress) -> dict[str, Any]:
         """Run one job (a ``ComposeRequest`` as a dict) and store its result; the worker calls this."""
+        req = ComposeRequest.model_validate(request)
+        with _threads_for_this_job():
+            return self._run(job_id, req, progress)
+
+    def _run(self, job_id: str, req: ComposeRequest, progress: Progress) -> dict[str, Any]:
         from composer import Job
         from composer.auto import AutoComposer
         from composer.loras import LoraRef, extract_prompt_loras
         from composer.params import Generation, SelectionParams
 
-        req = ComposeRequest.model_validate(request)
-        _threads_for_this_job()
         steps = req.steps or self.model.steps
         cfg = req.cfg if req.cfg is not None else self.model.cfg
         gen = Generation(steps=steps, cfg=cfg, seed=req.seed, width=req.width, height=req.height,
