@@ -29,6 +29,7 @@ class AdapterFile:
     verified: bool  # sha256 was computed from the bytes, not taken from a sidecar
     header: SafetensorsHeader
     info: FormatInfo
+    preview: str | None = None  # the image beside the file (indexer.walk.PREVIEW_SUFFIXES)
 
 
 class Duplicate(Exception):
@@ -140,6 +141,7 @@ def fill_file(row: LoraFile, f: AdapterFile) -> None:
     row.unet_modules = info.unet_modules
     row.te_modules = info.te_modules
     row.header_metadata = clean_metadata(f.header.metadata) or None
+    row.preview_path = f.preview
     if row.kind is None:
         row.kind = "Model"
 

@@ -226,8 +226,8 @@ class Ingester:
 
     def _ingest_adapter(self, session: Session, writer: CatalogWriter, known_files: dict[str, LoraFile], scanned: dict[str, ScannedPath], candidate: AdapterCandidate) -> None:
         path = candidate.path
-        try:
-            size, mtime = self._stat(path, candidate.sidecars)
+        try:  # a preview added or replaced counts as a change, like a sidecar
+            size, mtime = self._stat(path, [*candidate.sidecars, *([candidate.preview] if candidate.preview else [])])
         except OSError as exc:
             self.report.add(path, "failed", f"cannot stat: {exc.strerror}")
             return
@@ -239,6 +239,8 @@ class Ingester:
             if known is not None:
                 known_files[path] = known
         if known is not None and known.size_bytes == size and known.mtime_ns == mtime and known.status == "present" and not self.verify:
+            if known.preview_path != candidate.preview:  # a preview removed leaves the newest mtime as it was
+                known.preview_path = candidate.preview
             self.report.counts["unchanged"] += 1
             return
         if known is None and self._unchanged_problem(scanned, path, size, mtime):
@@ -290,7 +292,7 @@ class Ingester:
                 self.report.warn(path, f"SHA256 differs from the sidecar's ({claimed[:12]}… vs {sha256[:12]}…): the file was re-saved or is not the published one")
                 match = None
 
-        facts = AdapterFile(path, size, mtime, sha256, verified, header, info)
+        facts = AdapterFile(path, size, mtime, sha256, verified, header, info, candidate.preview)
         try:
             row, already = store_adapter(session, writer, known_files, known, record, match, facts, self.report.warn)
         except Duplicate as dup:  # the savepoint is rolled back: nothing of this file lands

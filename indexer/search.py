@@ -43,6 +43,7 @@ class SearchHit:
             "version": e.version_name,
             "base_family": e.base_family,
             "file_path": e.file_path,
+            "preview_path": e.preview_path,
             "trigger_words": list(e.trigger_words),
             "score": round(self.score, 4),
             "phrase": self.phrase,

@@ -16,12 +16,15 @@ CATALOG_EXTS = (".jsonl", ".jsonl.gz")
 RECORD_EXTS = (".json", ".info")
 # Sidecars of <stem>.safetensors, strongest first (Civitai's own records before third-party ones).
 SIDECAR_SUFFIXES = (".civitai.json", ".civitai.info", ".metadata.json", ".cm-info.json", ".json")
+# Preview images of <stem>.safetensors, first found wins: A1111's and ComfyUI-Lora-Manager's names.
+PREVIEW_SUFFIXES = (".preview.png", ".preview.jpeg", ".preview.jpg", ".preview.webp", ".png", ".jpeg", ".jpg", ".webp")
 
 
 @dataclass
 class AdapterCandidate:
     path: str
     sidecars: list[str] = field(default_factory=list)
+    preview: str | None = None
 
 
 @dataclass
@@ -100,17 +103,27 @@ def sidecar_candidates(adapter_path: str) -> list[str]:
     return [stem + suffix for suffix in SIDECAR_SUFFIXES]
 
 
+def preview_candidates(adapter_path: str) -> list[str]:
+    stem = adapter_path[: -len(".safetensors")]
+    return [stem + suffix for suffix in PREVIEW_SUFFIXES]
+
+
 def walk_dump(root: str | os.PathLike[str], follow_symlinks: bool = False) -> WalkResult:
     root = os.path.abspath(os.fspath(root))
     result = WalkResult()
     files = list(_iter_files(root, follow_symlinks, result))
     present = set(files)
+    by_lower = {p.lower(): p for p in files}  # previews are often named .PNG / .JPG
     claimed: set[str] = set()
     for path in files:
         if path.lower().endswith(ADAPTER_EXTS):
             sidecars = [s for s in sidecar_candidates(path) if s in present]
+            # only paths the walk yielded: a symlink out of the dump was refused above, never a preview
+            preview = next((by_lower[p.lower()] for p in preview_candidates(path) if p.lower() in by_lower), None)
             claimed.update(sidecars)
-            result.adapters.append(AdapterCandidate(path, sidecars))
+            if preview:
+                claimed.add(preview)
+            result.adapters.append(AdapterCandidate(path, sidecars, preview))
     for path in files:
         lower = path.lower()
         if lower.endswith(ADAPTER_EXTS) or path in claimed:

@@ -131,6 +131,8 @@ class LoraFile(Base):
     unet_modules: Mapped[int | None] = mapped_column(Integer)
     te_modules: Mapped[int | None] = mapped_column(Integer)
     header_metadata: Mapped[dict[str, Any] | None]  # safetensors __metadata__: ss_*, modelspec.*, ...
+    # The preview image beside the file (X.preview.png, X.png, X.jpeg, X.webp, ...), as the walk found it.
+    preview_path: Mapped[str | None] = mapped_column(String(4096))
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]

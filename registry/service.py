@@ -261,6 +261,7 @@ class LoraEntry:
     creator: str | None
     nsfw: bool
     header_metadata: dict | None
+    preview_path: str | None = None  # the image beside the file, when the ingest found one
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -311,6 +312,7 @@ def entry_of(version: Version) -> LoraEntry:
         creator=model.creator,
         nsfw=model.nsfw,
         header_metadata=f.header_metadata if f is not None else None,
+        preview_path=f.preview_path if f is not None and f.status == "present" else None,
     )
 
 

@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "loraregistry.cli.db",
     "loraregistry.cli.compose",
     "loraregistry.cli.demo",
+    "loraregistry.cli.serve",
 )
 
 
