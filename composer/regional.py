@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from composer.grounding.masks import at_resolution, phrase_attention, token_grid
-from composer.stacked import stacked_weights
+from composer.stacked import stacked_weights, weights_key
 
 
 @dataclass
@@ -72,14 +72,15 @@ class RegionState:
 def _flat_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every LoRA's down factors as one ``(N*r, in[, kh, kw])`` weight and the up factors as one
     ``(out, N*r)`` matrix (scales folded in), cached on the layer with the stacked weights they come from."""
-    a_w, b_w = stacked_weights(layer, adapters)  # (N, r, in[, kh, kw]), (N, out, r[, 1, 1]); zeros where absent
+    key = weights_key(layer, adapters)
     cached = layer.__dict__.get("_regional_cache")
-    if cached is not None and cached[0] == (id(a_w), id(b_w)):
+    if cached is not None and cached[0] == key:
         return cached[1]
+    a_w, b_w = stacked_weights(layer, adapters)  # (N, r, in[, kh, kw]), (N, out, r[, 1, 1]); zeros where absent
     n, r = a_w.shape[:2]
     down = a_w.reshape(n * r, *a_w.shape[2:])
     up = b_w.reshape(n, b_w.shape[1], r).permute(1, 0, 2).reshape(b_w.shape[1], n * r).contiguous()
-    layer.__dict__["_regional_cache"] = ((id(a_w), id(b_w)), (down, up))
+    layer.__dict__["_regional_cache"] = (key, (down, up))
     return down, up
 
 

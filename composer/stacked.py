@@ -87,16 +87,22 @@ def _eligible(layer: torch.nn.Module, adapters: tuple[str, ...]) -> bool:
     return True
 
 
-def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every adapter's A and scaled B, zero-padded to the largest rank (an adapter that does not
-    touch this layer is all zeros): linear ``(N, r, in)``, ``(N, out, r)``; conv2d
-    ``(N, r, in, kh, kw)``, ``(N, out, r, 1, 1)``. Cached on the layer until a weight or scale changes."""
-    key = tuple(
+def weights_key(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple:
+    """What the stacked weights of ``adapters`` on ``layer`` depend on: each adapter's factors
+    (storage and version, so an in-place change counts) and scale."""
+    return tuple(
         (a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
          layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
         if a in layer.lora_A else (a,)
         for a in adapters
     )
+
+
+def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every adapter's A and scaled B, zero-padded to the largest rank (an adapter that does not
+    touch this layer is all zeros): linear ``(N, r, in)``, ``(N, out, r)``; conv2d
+    ``(N, r, in, kh, kw)``, ``(N, out, r, 1, 1)``. Cached on the layer until a weight or scale changes."""
+    key = weights_key(layer, adapters)
     cached = layer.__dict__.get("_stacked_cache")
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -160,8 +160,8 @@ def _unet_out(c, loras, regional_masks=None, prompt="a cat"):
     unet, pipe = c.pipe.unet, c.pipe
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 16, 16, generator=g)
-    pe, ne = pipe.encode_prompt(prompt, "cpu", 1, True, "")
-    states = torch.cat([ne, pe])
+    br = c.branch(None, prompt, "", None)  # the base text encoder, whatever adapters earlier tests left active
+    states = torch.cat([br.uncond, br.cond])
     pipe.enable_lora()
     pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
     with torch.no_grad():
