@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from indexer.embed import Embedder, bytes_to_vector, document_text, text_sha256, vector_to_bytes
+from indexer.embed import BaseEmbedder, bytes_to_vector, document_text, text_sha256, vector_to_bytes
 from indexer.faiss_index import METRIC, Manifest, build_index, save_index
 from registry.models import Embedding, LoraModel, Version
 from registry.service import bump_stamp, read_stamp
@@ -27,7 +27,7 @@ def model_document(model: LoraModel) -> str:
     return document_text(model.name, triggers, [t.name for t in model.tags], description)
 
 
-def update_embeddings(session: Session, embedder: Embedder, model_ids: Iterable[int]) -> int:
+def update_embeddings(session: Session, embedder: BaseEmbedder, model_ids: Iterable[int]) -> int:
     """Embed the models whose text changed (or whose embedding model differs). Returns how many."""
     ids = sorted(set(model_ids))
     changed = 0
@@ -77,7 +77,7 @@ def missing_embedding_ids(session: Session, embed_model: str) -> list[int]:
     return list(session.scalars(stmt))
 
 
-def rebuild_index(session: Session, embedder: Embedder, directory: Path) -> Manifest:
+def rebuild_index(session: Session, embedder: BaseEmbedder, directory: Path) -> Manifest:
     """Derive the FAISS index from SQL, first embedding whatever is missing.
 
     Embeddings made under another name (another model, or int8 vs float32) are redone, never put in
