@@ -179,6 +179,8 @@ def test_cli_embedder_option(tmp_path: Path) -> None:
     assert "with all-MiniLM-L6-v2+int8 (384 dims, onnxruntime" in result.output
     result = runner.invoke(cli, ["--db", db, "--embedder", "tensorrt", "reindex"])
     assert result.exit_code == 2 and "'tensorrt' is not one of" in result.output
+    option = next(p for p in cli.params if p.name == "embedder")
+    assert tuple(option.type.choices) == embed.BACKENDS  # the CLI offers exactly what the library knows
 
 
 def test_old_manifests_without_the_embedder_field_still_load(tmp_path: Path) -> None:
