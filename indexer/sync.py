@@ -1,17 +1,20 @@
 """Keep the embeddings in SQL in step with the models, and the FAISS index in step with them."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from indexer.embed import Embedder, bytes_to_vector, document_text, text_sha256, vector_to_bytes
+from indexer.embed import BaseEmbedder, bytes_to_vector, document_text, text_sha256, vector_to_bytes
 from indexer.faiss_index import METRIC, Manifest, build_index, save_index
 from registry.models import Embedding, LoraModel, Version
 from registry.service import bump_stamp, read_stamp
+
+logger = logging.getLogger(__name__)
 
 
 def model_document(model: LoraModel) -> str:
@@ -24,7 +27,7 @@ def model_document(model: LoraModel) -> str:
     return document_text(model.name, triggers, [t.name for t in model.tags], description)
 
 
-def update_embeddings(session: Session, embedder: Embedder, model_ids: Iterable[int]) -> int:
+def update_embeddings(session: Session, embedder: BaseEmbedder, model_ids: Iterable[int]) -> int:
     """Embed the models whose text changed (or whose embedding model differs). Returns how many."""
     ids = sorted(set(model_ids))
     changed = 0
@@ -74,10 +77,23 @@ def missing_embedding_ids(session: Session, embed_model: str) -> list[int]:
     return list(session.scalars(stmt))
 
 
-def rebuild_index(session: Session, embedder: Embedder, directory: Path) -> Manifest:
-    """Derive the FAISS index from SQL, first embedding whatever is missing."""
+def rebuild_index(session: Session, embedder: BaseEmbedder, directory: Path) -> Manifest:
+    """Derive the FAISS index from SQL, first embedding whatever is missing.
+
+    Embeddings made under another name (another model, or int8 vs float32) are redone, never put in
+    one index with these: their similarities would not be comparable.
+    """
     missing = missing_embedding_ids(session, embedder.name)
     if missing:
+        others = dict(session.execute(
+            select(Embedding.embed_model, func.count()).where(Embedding.embed_model != embedder.name).group_by(Embedding.embed_model)
+        ).all())  # fmt: skip
+        if others:
+            made_by = ", ".join(f"{n} by {name!r}" for name, n in sorted(others.items()))
+            logger.warning(
+                "re-embedding with %r: stored embeddings were made by another model or precision (%s); "
+                "this happens once per switch", embedder.name, made_by,
+            )  # fmt: skip
         update_embeddings(session, embedder, missing)
         session.commit()
     stamp = read_stamp(session)
@@ -87,5 +103,6 @@ def rebuild_index(session: Session, embedder: Embedder, directory: Path) -> Mani
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     vectors = np.stack([bytes_to_vector(r[1]) for r in rows]) if rows else np.zeros((0, embedder.dim), np.float32)
     index = build_index(ids, vectors, embedder.dim)
-    manifest = Manifest(embed_model=embedder.name, dim=embedder.dim, metric=METRIC, count=len(rows), stamp=stamp, index_file="")
+    manifest = Manifest(embed_model=embedder.name, dim=embedder.dim, metric=METRIC, count=len(rows), stamp=stamp,
+                        index_file="", embedder=getattr(embedder, "runtime", ""))  # fmt: skip
     return save_index(directory, index, manifest)

@@ -31,9 +31,10 @@ from registry.text import normalize_word
 class Registry:
     """A registry: SQL (the source of truth) plus the FAISS index derived from its embeddings."""
 
-    def __init__(self, url: str, embed_model: str | None = None, index_dir: Path | None = None) -> None:
+    def __init__(self, url: str, embed_model: str | None = None, index_dir: Path | None = None, embedder: str | None = None) -> None:
         self.url = url
         self.embed_model_name = embed_model or settings.embed_model_name()
+        self.embedder_backend = embedder  # None: $LORAREGISTRY_EMBEDDER, else auto (indexer.embed)
         self.index_dir = index_dir or settings.index_dir(url)
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
@@ -76,7 +77,7 @@ class Registry:
     def embedder(self):
         from indexer.embed import get_embedder
 
-        return get_embedder(self.embed_model_name)
+        return get_embedder(self.embed_model_name, self.embedder_backend)
 
     # -- writing ------------------------------------------------------------------------------
     def ingest(self, path: str | os.PathLike[str], *, verify: bool = False, follow_symlinks: bool = False, progress=None, batch_size: int = 200):
@@ -218,6 +219,7 @@ class Registry:
                     "dir": str(self.index_dir),
                     "vectors": manifest.count if manifest else 0,
                     "embed_model": manifest.embed_model if manifest else None,
+                    "embedder": manifest.embedder if manifest else None,
                     "current": bool(manifest and manifest.stamp == read_stamp(session)),
                 },
                 "schema_revision": migrate.current_revision(self.engine),

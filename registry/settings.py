@@ -3,6 +3,9 @@
 LORAREGISTRY_HOME   data directory (default: ~/.local/share/loraregistry, or $XDG_DATA_HOME/loraregistry)
 LORAREGISTRY_DB     SQLAlchemy URL (default: SQLite file registry.db in the data directory)
 LORAREGISTRY_EMBED_MODEL  sentence-transformers model id or path (default: the packaged all-MiniLM-L6-v2)
+LORAREGISTRY_EMBEDDER     what computes the embeddings: auto (default), torch, onnx or onnx-int8
+                          (see indexer.embed.get_embedder)
+LORAREGISTRY_THREADS      threads for a big embedding job (default: the cores left free)
 """
 from __future__ import annotations
 
@@ -49,3 +52,7 @@ def index_dir(url: str) -> Path:
 
 def embed_model_name() -> str:
     return os.environ.get("LORAREGISTRY_EMBED_MODEL", DEFAULT_EMBED_MODEL)
+
+
+def embedder_backend() -> str:
+    return os.environ.get("LORAREGISTRY_EMBEDDER", "").strip().lower() or "auto"

@@ -27,3 +27,4 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """No test touches the user's data directory or a registry named in the environment."""
     monkeypatch.setenv("LORAREGISTRY_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("LORAREGISTRY_DB", raising=False)
+    monkeypatch.delenv("LORAREGISTRY_EMBEDDER", raising=False)  # tests choose their embedder

@@ -32,14 +32,23 @@ _COMMAND_MODULES = (
     metavar="URL",
     help="SQLAlchemy URL of the registry (default: SQLite in the data directory). Env: LORAREGISTRY_DB.",
 )
+@click.option(
+    "--embedder",
+    envvar="LORAREGISTRY_EMBEDDER",
+    type=click.Choice(["auto", "torch", "onnx", "onnx-int8"], case_sensitive=False),
+    default=None,
+    help="What computes embeddings: onnx (ONNX Runtime, same vectors as torch, faster), onnx-int8 "
+    "(fastest; switching to or from it re-embeds), torch (no ONNX Runtime needed), or auto (default: "
+    "onnx, else torch). Env: LORAREGISTRY_EMBEDDER.",
+)
 @click.version_option(package_name="loraregistry")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None) -> None:
+def cli(ctx: click.Context, db_url: str | None, embedder: str | None) -> None:
     """A retrieval-backed LoRA registry with a LoRAtorio composer.
 
     Example: loraregistry ingest ./civitai_dump && loraregistry search "a knight, castle"
     """
-    ctx.obj = CliContext(db_url=db_url)
+    ctx.obj = CliContext(db_url=db_url, embedder=embedder.lower() if embedder else None)
 
 
 for _name in _COMMAND_MODULES:

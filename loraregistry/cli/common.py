@@ -18,13 +18,14 @@ class CliContext:
     """What the top-level group hands to every command: the database URL and a lazily opened registry."""
 
     db_url: str | None
+    embedder: str | None = None  # None: $LORAREGISTRY_EMBEDDER, else auto
     _registry: "Registry | None" = field(default=None, repr=False)
 
     def registry(self) -> "Registry":
         if self._registry is None:
             from loraregistry.api import Registry
 
-            self._registry = Registry.open(self.db_url)
+            self._registry = Registry.open(self.db_url, embedder=self.embedder)
         return self._registry
 
 

@@ -23,7 +23,7 @@ def reindex(cli: CliContext, as_json: bool) -> None:
     if as_json:
         echo_json(asdict(manifest))
     else:
-        click.echo(f"indexed {manifest.count} models with {manifest.embed_model} ({manifest.dim} dims)")
+        click.echo(f"indexed {manifest.count} models with {manifest.embed_model} ({manifest.dim} dims, {manifest.embedder})")
 
 
 COMMANDS = [reindex]

@@ -50,8 +50,8 @@ def install_hash_embedder() -> None:
     real = embed.get_embedder
     shared = HashEmbedder()
 
-    def get_embedder(name: str):
-        return shared if name == HASH_EMBED_MODEL else real(name)
+    def get_embedder(name: str, backend: str | None = None):
+        return shared if name == HASH_EMBED_MODEL else real(name, backend)
 
     get_embedder._hash_patched = True  # type: ignore[attr-defined]
     embed.get_embedder = get_embedder
