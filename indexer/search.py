@@ -15,10 +15,33 @@ from sqlalchemy import select
 
 from indexer.prompt import Phrase, decompose, ngrams
 from indexer.store import Store
-from registry.models import LoraFile, LoraModel, TriggerWord, Version
+from registry.models import LoraFile, LoraModel, Tag, TriggerWord, Version, model_tags
 from registry.service import LoraEntry, clean_name, entry_of, version_query
+from registry.text import normalize_word
 
 SEMANTIC_DEPTH = 64  # neighbours per phrase; also the sample for each phrase's "matches everything" level
+FILTERED_DEPTH = 512  # with a tag/creator/format filter, look deeper: most neighbours may be filtered out
+# A one-phrase query that is exactly an entry's name, one of its words, a trigger, a tag or its
+# creator finds the entry whatever the registry's size: what people type when they look for a LoRA
+# (a tag shared by every entry of a small registry would otherwise score 0 for rarity, and the
+# "matches everything" discount would erase its semantic hits). Scores by field, then rarity.
+FIELD_SCORES = {"name": 1.0, "trigger": 0.9, "creator": 0.85, "tag": 0.8, "name word": 0.7}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search or a listing keeps: a base family, a file on disk, a tag, a creator, a format."""
+
+    base: str | None = None
+    present_only: bool = False
+    tag: str | None = None
+    creator: str | None = None
+    format: str | None = None
+
+    @property
+    def narrow(self) -> bool:
+        """Filters the searcher applies per model beyond the family (worth a deeper look)."""
+        return bool(self.tag or self.creator or self.format)
 MIN_RELEVANCE = 0.12  # a semantic-only hit must beat its phrase's typical similarity by this much
 # The whole prompt is not searched as one more phrase: measured on 200 multi-subject prompts over
 # the 7,951-record catalog, recall@10 was 96.7% with it, 97.2% without, and it is the longest text
@@ -66,6 +89,7 @@ class _VersionInfo:
     family: str
     present: bool
     order: tuple
+    formats: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -74,6 +98,8 @@ class LexicalIndex:
 
     triggers: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     names: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # field -> normalised value -> models: whole names, name words, triggers, tags, creators
+    fields: dict[str, dict[str, set[int]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
 
     def lookup(self, norm: str) -> list[tuple[str, str, set[int]]]:
         found = []
@@ -97,18 +123,35 @@ class Searcher:
             rows = session.execute(
                 select(TriggerWord.word_norm, Version.model_id).join(Version, TriggerWord.version_id == Version.id)
             )
+            fields = self.lexical.fields
             for word, model_id in rows:
                 self.lexical.triggers[word].add(model_id)
-            for model_id, name in session.execute(select(LoraModel.id, LoraModel.name)):
+                fields["trigger"][word].add(model_id)
+            self.model_meta: dict[int, tuple[str | None, frozenset[str]]] = {}
+            tags_of: dict[int, set[str]] = defaultdict(set)
+            for model_id, tag in session.execute(select(model_tags.c.model_id, Tag.name).join(Tag, Tag.id == model_tags.c.tag_id)):
+                tags_of[model_id].add(tag)
+                fields["tag"][normalize_word(tag)].add(model_id)
+            for model_id, name, creator in session.execute(select(LoraModel.id, LoraModel.name, LoraModel.creator)):
                 cleaned = clean_name(name)
                 if len(cleaned) >= 3:
                     self.lexical.names[cleaned].add(model_id)
+                fields["name"][normalize_word(name)].add(model_id)
+                for word in set(normalize_word(name).split()):
+                    if len(word) >= 3:
+                        fields["name word"][word].add(model_id)
+                if creator:
+                    fields["creator"][normalize_word(creator)].add(model_id)
+                self.model_meta[model_id] = ((creator or "").lower() or None, frozenset(tags_of.get(model_id, ())))
+            formats: dict[int, set[str]] = defaultdict(set)
+            for vid, fmt in session.execute(select(LoraFile.version_id, LoraFile.format).where(LoraFile.format.is_not(None))):
+                formats[vid].add(fmt)
             present = set(session.scalars(select(LoraFile.version_id).where(LoraFile.status == "present")))
             for vid, model_id, family, published, civitai_id in session.execute(
                 select(Version.id, Version.model_id, Version.base_family, Version.published_at, Version.civitai_id)
             ):
                 order = (vid in present, published.timestamp() if published else 0.0, civitai_id or 0, vid)
-                self.versions[model_id].append(_VersionInfo(vid, family, vid in present, order))
+                self.versions[model_id].append(_VersionInfo(vid, family, vid in present, order, frozenset(formats.get(vid, ()))))
         self.n_models = max(1, len(self.versions))
         self._entries: dict[int, LoraEntry] = {}
         # One query against a flat index is microseconds of work; FAISS's OpenMP threads spinning up
@@ -147,12 +190,35 @@ class Searcher:
         best = kept[0].score if kept else 0.0
         return kept, best
 
-    def _pick_version(self, model_id: int, base: str | None, present_only: bool) -> int | None:
-        options = [v for v in self.versions.get(model_id, []) if (base is None or v.family == base) and (v.present or not present_only)]
+    def _pick_version(self, model_id: int, filters: Filters) -> int | None:
+        if filters.tag or filters.creator:
+            creator, tags = self.model_meta.get(model_id, (None, frozenset()))
+            if filters.tag and filters.tag.strip().lower() not in tags:
+                return None
+            if filters.creator and creator != filters.creator.strip().lower():
+                return None
+        options = [v for v in self.versions.get(model_id, [])
+                   if (filters.base is None or v.family == filters.base) and (v.present or not filters.present_only)
+                   and (filters.format is None or filters.format in v.formats)]
         return max(options, key=lambda v: v.order).id if options else None
 
-    # -- search -------------------------------------------------------------------------------
-    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False) -> list[SearchHit]:
+    def _field_candidates(self, phrase: Phrase) -> list[_Candidate]:
+        """Entries whose name, name word, trigger, tag or creator is exactly the phrase."""
+        best: dict[int, _Candidate] = {}
+        for kind, score in FIELD_SCORES.items():
+            ids = self.lexical.fields[kind].get(phrase.norm, set())
+            rarity = math.log(self.n_models / len(ids)) / math.log(self.n_models) if ids and self.n_models > 1 else 0.0
+            for mid in ids:
+                s = score + 0.1 * rarity
+                if mid not in best or best[mid].score < s:
+                    best[mid] = _Candidate(mid, s, 0.0, kind)
+        return sorted(best.values(), key=lambda c: -c.score)
+
+    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False,
+               filters: Filters | None = None) -> list[SearchHit]:
+        """The best ``k`` entries (one version per model) for ``prompt``; ``filters`` (or the
+        ``base`` / ``present_only`` shorthands) keep only entries that pass them."""
+        filters = filters or Filters(base, present_only)
         phrases = [p for p in decompose(prompt) if not p.boilerplate]
         if not phrases:
             phrases = decompose(prompt)[:1]  # all boilerplate: search it anyway rather than nothing
@@ -160,7 +226,7 @@ class Searcher:
             return []
         queries = [p.text for p in phrases]
         vectors = self.embedder.encode_queries(queries)
-        depth = min(SEMANTIC_DEPTH, self.index.ntotal)
+        depth = min(FILTERED_DEPTH if filters.narrow else SEMANTIC_DEPTH, self.index.ntotal)
         if depth:
             all_sims, all_ids = self.index.search(vectors, depth)  # every phrase in one call
         else:
@@ -168,6 +234,11 @@ class Searcher:
         lists = []
         for phrase, sims, ids in zip(phrases, all_sims, all_ids):
             cands, best = self._phrase_candidates(phrase, sims, ids)
+            if len(phrases) == 1:  # a one-phrase query may be a name, tag or creator: those come first
+                fielded = self._field_candidates(phrase)
+                taken_ids = {c.model_id for c in fielded}
+                cands = fielded + [c for c in cands if c.model_id not in taken_ids]
+                best = max([best] + [c.score for c in fielded])
             if cands:
                 lists.append((best, phrase, cands))
         lists.sort(key=lambda item: -item[0])  # strongest phrase first
@@ -184,7 +255,7 @@ class Searcher:
                     cursors[i] += 1
                     if cand.model_id in taken:
                         continue
-                    vid = self._pick_version(cand.model_id, base, present_only)
+                    vid = self._pick_version(cand.model_id, filters)
                     if vid is None:
                         continue
                     taken.add(cand.model_id)

@@ -23,7 +23,7 @@ from registry import migrate, settings
 from registry.db import Session as SessionFactory
 from registry.db import make_engine, writer_engine
 from registry.errors import Ambiguous, IndexUnavailable, InvalidInput, NotFound, RegistryError
-from registry.models import LoraFile, LoraModel, ScannedPath, TriggerWord, Version
+from registry.models import LoraFile, LoraModel, ScannedPath, Tag, TriggerWord, Version
 from registry.service import LoraEntry, clean_name, entry_of, read_stamp, version_query
 from registry.text import normalize_word
 
@@ -185,13 +185,23 @@ class Registry:
                     return entry_of(max(present, key=lambda v: v.id))
         raise NotFound(f"no registry entry matches {token!r} (id, file, name or trigger word)")
 
-    def list(self, *, base: str | None = None, present_only: bool = False, limit: int = 50, offset: int = 0, query: str | None = None) -> list[LoraEntry]:
+    def list(self, *, base: str | None = None, present_only: bool = False, limit: int = 50, offset: int = 0,
+             query: str | None = None, tag: str | None = None, creator: str | None = None,
+             format: str | None = None) -> list[LoraEntry]:
+        """Entries in id order; ``query`` is a part of the model name, ``tag``/``creator`` exact
+        (case-insensitive), ``format`` a file format (registry.formats)."""
         with self.session() as session:
             stmt = version_query().join(Version.model)
             if base:
                 stmt = stmt.where(Version.base_family == base)
             if present_only:
                 stmt = stmt.where(Version.files.any(LoraFile.status == "present"))
+            if format:
+                stmt = stmt.where(Version.files.any(LoraFile.format == format))
+            if tag:
+                stmt = stmt.where(LoraModel.tags.any(Tag.name == tag.strip().lower()))
+            if creator:
+                stmt = stmt.where(func.lower(LoraModel.creator) == creator.strip().lower())
             if query:
                 stmt = stmt.where(LoraModel.name.ilike(f"%{query}%"))
             return [entry_of(v) for v in session.scalars(stmt.order_by(Version.id).limit(limit).offset(offset))]
@@ -225,9 +235,13 @@ class Registry:
                 "schema_revision": migrate.current_revision(self.engine),
             }
 
-    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False):
-        """Hybrid search; returns a list of indexer.search.SearchHit (entry, score, phrase, why)."""
-        return self.searcher().search(prompt, k=k, base=base, present_only=present_only)
+    def search(self, prompt: str, k: int = 10, base: str | None = None, present_only: bool = False, *,
+               tag: str | None = None, creator: str | None = None, format: str | None = None):
+        """Hybrid search; returns a list of indexer.search.SearchHit (entry, score, phrase, why).
+        A one-word query that is an entry's name (or a word of it), trigger, tag or creator finds it."""
+        from indexer.search import Filters
+
+        return self.searcher().search(prompt, k=k, filters=Filters(base, present_only, tag, creator, format))
 
     def searcher(self):
         """The search engine, with its FAISS index brought up to date with SQL first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from loraregistry.cli.common import CliContext, echo_json, json_option, library_errors, pass_cli
-from loraregistry.cli.search import FAMILIES
+from loraregistry.cli.search import FAMILIES, filter_options
 
 
 @click.command("list")
@@ -13,15 +13,18 @@ from loraregistry.cli.search import FAMILIES
 @click.option("--name", "query", help="Only entries whose model name contains this text.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--offset", default=0, show_default=True)
+@filter_options
 @json_option
 @pass_cli
 @library_errors
-def list_(cli: CliContext, base: str | None, present: bool, query: str | None, limit: int, offset: int, as_json: bool) -> None:
+def list_(cli: CliContext, base: str | None, present: bool, query: str | None, limit: int, offset: int, tag: str | None,
+          creator: str | None, fmt: str | None, as_json: bool) -> None:
     """List registry entries.
 
-    Example: loraregistry list --base sdxl --present --limit 20
+    Example: loraregistry list --base sdxl --present --limit 20 --tag character
     """
-    entries = cli.registry().list(base=base, present_only=present, limit=limit, offset=offset, query=query)
+    entries = cli.registry().list(base=base, present_only=present, limit=limit, offset=offset, query=query, tag=tag,
+                                  creator=creator, format=fmt)
     if as_json:
         echo_json([e.to_dict() for e in entries])
         return

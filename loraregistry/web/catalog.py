@@ -36,19 +36,6 @@ class Filters:
     creator: str | None = None
     present: bool = False
 
-    def post_search(self) -> bool:
-        """Filters the search engine cannot apply itself (it knows base family and presence only)."""
-        return bool(self.format or self.tag or self.creator)
-
-    def matches(self, e: LoraEntry) -> bool:
-        return (
-            (not self.base or e.base_family == self.base)
-            and (not self.format or e.format == self.format)
-            and (not self.tag or self.tag.strip().lower() in e.tags)
-            and (not self.creator or (e.creator or "").lower() == self.creator.strip().lower())
-            and (not self.present or e.file_path is not None)
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return {"base": self.base, "format": self.format, "tag": self.tag, "creator": self.creator, "present": self.present}
 
@@ -117,10 +104,8 @@ def list_entries(registry: Any, filters: Filters, limit: int, offset: int, name:
 
 def search_entries(registry: Any, query: str, filters: Filters, limit: int, offset: int) -> Page:
     """The CLI's search (``Registry.search``), paged; filters it cannot apply are applied to its hits."""
-    depth = SEARCH_DEPTH if filters.post_search() else min(SEARCH_DEPTH, offset + limit)
-    hits = registry.search(query, k=depth, base=filters.base, present_only=filters.present)
-    if filters.post_search():
-        hits = [h for h in hits if filters.matches(h.entry)]
+    hits = registry.search(query, k=SEARCH_DEPTH, base=filters.base, present_only=filters.present, tag=filters.tag,
+                           creator=filters.creator, format=filters.format)
     window = hits[offset : offset + limit]
     return Page(len(hits), offset, limit, [h.entry for h in window], window)
 

@@ -118,3 +118,68 @@ def test_a_vanished_file_is_not_served_as_present(tmp_path: Path) -> None:
     reg.ingest(tmp_path / "dump")  # same texts, only the file state changed
     assert all(h.entry.name != "Subject 1" for h in reg.search("trig1", k=2, present_only=True))
     assert reg.search("trig1", k=1)[0].entry.file_path is None
+
+
+def _dump_with_fields(root: Path) -> None:
+    from tests.registry.loras import civitai_sidecar, kohya_lora
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (name, tags) in enumerate((("ToyWorld Kiki", ["character", "toyworld"]), ("ToyWorld Stripes", ["background", "toyworld"]))):
+        path = kohya_lora(root / f"tw_{i}.safetensors", seed=i)
+        civitai_sidecar(path, model_id=3000 + i, version_id=4000 + i, name=name, trained_words=[name.split()[1].lower()], tags=tags)
+
+
+def test_a_word_of_name_tag_trigger_or_creator_finds_entries_of_a_small_registry(tmp_path: Path) -> None:
+    """With two entries, every entry shares the tag "toyworld": rarity 0 and the "matches everything"
+    discount used to erase every hit. Now the exact field match finds them."""
+    reg = Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    _dump_with_fields(tmp_path / "dump")
+    reg.ingest(tmp_path / "dump")
+    both = {"ToyWorld Kiki", "ToyWorld Stripes"}
+    for query in ("toyworld", "TOYWORLD", "tester"):  # a tag and name word; any case; the creator
+        hits = reg.search(query, k=5)
+        assert {h.entry.name for h in hits} == both, query
+    assert [h.entry.name for h in reg.search("stripes", k=5)][0] == "ToyWorld Stripes"  # trigger and name word
+    assert {h.match for h in reg.search("toyworld", k=5)} == {"tag"}  # said which field matched
+    assert [h.entry.name for h in reg.search("toyworld", k=5, tag="background")] == ["ToyWorld Stripes"]
+    assert reg.search("toyworld", k=5, creator="nobody") == []
+    assert [e.name for e in reg.list(tag="CHARACTER")] == ["ToyWorld Kiki"]
+    assert {e.name for e in reg.list(creator="Tester", format="kohya-lora")} == both
+    assert reg.list(format="peft") == []
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def catalog_registry(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Registry:
+    reg = Registry.open(f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'r.db'}")
+    reg.ingest(shared / "fixtures/civitai/civitai_lora_models_2023-07.jsonl.gz")
+    yield reg
+    reg.close()
+
+
+def _catalog_models(shared: Path) -> list[dict]:
+    import gzip
+    import json
+
+    with gzip.open(shared / "fixtures/civitai/civitai_lora_models_2023-07.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_people_search_on_the_full_catalog(catalog_registry: Registry, shared: Path) -> None:
+    """On the 7,951-record catalog: a creator's name finds exactly their models, a rare tag its
+    models, and a filter narrows a prompt search without losing what it keeps."""
+    from collections import Counter
+
+    models = _catalog_models(shared)
+    creators = Counter((m.get("creator") or {}).get("username") for m in models)
+    creator = next(c for c, n in sorted(creators.items(), key=lambda x: (x[1], str(x[0]))) if c and n == 3 and " " not in c)
+    mine = {m["id"] for m in models if (m.get("creator") or {}).get("username") == creator}
+    hits = catalog_registry.search(creator, k=10)
+    assert {h.entry.civitai_model_id for h in hits[:3]} == mine and hits[0].match == "creator"
+    tags = Counter(t.lower() for m in models for t in m.get("tags") or [] if isinstance(t, str))
+    tag = next(t for t, n in sorted(tags.items()) if n == 2 and t.isalpha() and len(t) > 4)
+    tagged = {m["id"] for m in models if tag in [t.lower() for t in m.get("tags") or [] if isinstance(t, str)]}
+    assert tagged <= {h.entry.civitai_model_id for h in catalog_registry.search(tag, k=10)}
+    styles = catalog_registry.search("oil painting, impressionist", k=10, tag="style")
+    assert styles and all("style" in h.entry.tags for h in styles)
+    assert {h.entry.civitai_model_id for h in catalog_registry.search(creator, k=10, creator=creator)} == mine
