@@ -303,6 +303,8 @@ def main() -> None:
     ap.add_argument("--dump", type=Path, default=ASSETS / "dump")
     ap.add_argument("--grounding", default="", help="GroundingParams as key=value,... (e.g. source=attention,prompts=full)")
     ap.add_argument("--name", default="toyworld_quality", help="results file stem")
+    ap.add_argument("--report-from", default="", metavar="A.json,B.json",
+                    help="no new images: one report (and grids) from the rows of earlier runs (e.g. one run per method)")
     ap.add_argument("--sweep", action="store_true", help="LoRAtorio over a grid of p, tau, lambda on N = 2 and 3")
     ap.add_argument("--resume", action="store_true", help="--sweep: keep the stages already in toyworld_sweep.json")
     ap.add_argument("--explain", default=None, metavar="SKILL,SKILL",
@@ -321,6 +323,13 @@ def main() -> None:
         return sweep(args, pipeline)
     if args.explain:
         print(explain(pipeline, tuple(args.explain.split(",")), args.out / "toyworld_grids"))
+        return
+    if args.report_from:
+        rows = [r for f in args.report_from.split(",") for r in json.loads(Path(f).read_text())]
+        seconds = sum(r["seconds"] for r in rows) / max(1, args.workers)
+        report = write_report(rows, args, seconds)
+        print(report)
+        (args.out / f"{args.name}.md").write_text(report)
         return
     tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")))
     params = {"p": args.p, "tau": args.tau, "lam": args.lam}

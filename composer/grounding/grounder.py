@@ -28,10 +28,15 @@ class Grounder:
             raise ValueError(f"unknown mask source {params.source!r}; choose one of {', '.join([*SOURCE_FUNCTIONS, 'fixed'])}")
         if params.source == "fixed" and fixed is None:
             raise ValueError("the fixed mask source needs the masks (fixed=...)")
+        if params.source != "fixed" and not params.steps:
+            raise ValueError("grounding needs at least one step to measure the masks on (steps)")
         self.ctx, self.params, self.state, self.fixed = ctx, params, state, fixed
         prompt = ctx.prompt
         self.units: list[Unit | None] = [unit_of(prompt, a.phrase, a.trigger_words) for a in ctx.loras]
-        self.roles = [role_of(a.tags) for a in ctx.loras]
+        # An object or attribute whose unit of the prompt is unknown cannot be placed: it acts
+        # everywhere without claiming anything from a background (as a concept does).
+        self.roles = [role_of(a.tags) if u is not None or role_of(a.tags) not in ("object", "attribute") else "concept"
+                      for a, u in zip(ctx.loras, self.units)]
         self.owners = [self._owner(i) for i in range(len(ctx.loras))]
         self.history: list[torch.Tensor] = []
         self._saliency: torch.Tensor | None = None
@@ -81,7 +86,7 @@ class Grounder:
         if self.params.source == "fixed":
             masks = self.fixed(step) if callable(self.fixed) else self.fixed
             self.state.masks = masks.float()
-        elif step in self.params.steps or self.state.masks is None and step > max(self.params.steps):
+        elif step in self.params.steps or (self.state.masks is None and step > max(self.params.steps)):
             release()  # the source calls the UNet itself: nothing of the run's batch layout may stay installed
             sal = self._measure(sample[-b:], info)
             sal = gm.normalise_max(gm.gaussian_blur(sal, self.params.sigma))
