@@ -37,7 +37,7 @@ from composer.cache import DEFAULT_CACHE_BYTES
 from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras, pipeline_family
 from composer.params import Generation, GroundingParams, LoratorioParams, SelectionParams
 from composer.probe import ProbeRun, run_probe
-from composer.relevance import combine_scores, prune
+from composer.relevance import combine_scores, prune, prune_by_phrase
 from composer.retrieve import Candidate, SelectionError, resolve_pool, retrieve
 
 _GEN_FIELDS = {f.name for f in dataclasses.fields(Generation)}
@@ -69,6 +69,7 @@ class Selection:
     probe: ProbeRun | None
     params: SelectionParams  # with ``keep`` resolved to the k used
     timings: dict[str, float] = field(default_factory=dict)
+    unserved: list[str] = field(default_factory=list)  # phrases whose candidates were all dropped: the base draws them
 
     @property
     def k(self) -> int:
@@ -81,6 +82,8 @@ class Selection:
             "retrieval": self.retrieval, "probe": None if self.probe is None else self.probe.report(),
             "candidates": [c.report() for c in self.candidates],
             "survivors": [c.name for c in self.survivors],
+            "per_phrase": self.params.per_phrase,
+            "unserved_phrases": list(self.unserved),
             "dropped": [{"name": c.name, "registry_id": c.registry_id, "reason": c.reason} for c in self.candidates if not c.kept],
             "seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -106,7 +109,7 @@ class Selection:
             f'probe steps={probe.steps if probe else 0}, probe top-k={probe.top_k if probe else None}, '
             f'probe UNet samples={probe.unet_samples if probe else 0}"',
             'Candidates: "' + "; ".join(fmt(c) for c in self.candidates) + '"',
-        ])
+        ] + ([f'Left to the base model: "{"; ".join(self.unserved)}"'] if self.unserved else []))
 
 
 @dataclass
@@ -245,14 +248,24 @@ class AutoComposer:
             top_k = sel.probe_top_k if sel.probe_top_k is not None else min(sel.keep, len(loaded))
             run = self._probe(prompt, loaded, gen, sel, top_k, params or LoratorioParams())
             scored = [c for c, _ in loaded]
-            keep, dropped = prune(torch.tensor([c.combined for c in scored]), sel.keep, sel.threshold)
+            combined = torch.tensor([c.combined for c in scored])
+            if sel.per_phrase and any(c.phrase for c in scored):
+                keep, dropped, unserved = prune_by_phrase(combined, [c.phrase for c in scored], sel.per_phrase, sel.inert)
+                for rank, i in enumerate(keep[sel.keep:], sel.keep + 1):
+                    dropped[i] = f"rank {rank} of the phrases' best: only the best {sel.keep} are kept"
+                keep = keep[: sel.keep]
+            else:
+                keep, dropped = prune(combined, sel.keep, sel.threshold)
             for i, c in enumerate(scored):
                 c.kept = i in keep
                 c.reason = dropped.get(i) or f"kept: combined score {c.combined:.3f}, rank {keep.index(i) + 1}"
             survivors = [scored[i] for i in keep]
         t3 = time.perf_counter()
         timings = {"retrieve" if pool is None else "resolve": t1 - t0, "load": t2 - t1, "probe": t3 - t2}
-        return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, sel, timings)
+        served = {c.phrase for c in survivors}
+        unserved = [p for p in dict.fromkeys(c.phrase for c in cands if c.phrase) if p not in served]
+        return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, sel, timings,
+                         unserved)
 
     @staticmethod
     def _check(gen: Generation, sel: SelectionParams, pool) -> None:

@@ -62,6 +62,10 @@ class SelectionParams:
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k
     reuse_probe: bool = False  # continue from the probe's latents instead of recomputing its steps
+    # Each phrase of the prompt asks for at most this many LoRAs; candidates compete only within
+    # their phrase (composer.relevance.prune_by_phrase). None: one global ranking with `threshold`.
+    per_phrase: int | None = 1
+    inert: float = 0.05  # a phrase's best under this fraction of the best score is inert: dropped
 
     MAX_KEEP = 4
 

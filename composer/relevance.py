@@ -27,7 +27,7 @@ import torch
 
 from composer.math import topk_divergence_mask
 
-__all__ = ["ProbeScores", "probe_scores", "relative", "combine_scores", "prune"]
+__all__ = ["ProbeScores", "probe_scores", "relative", "combine_scores", "prune", "prune_by_phrase"]
 
 
 @dataclass
@@ -127,3 +127,50 @@ def prune(scores: torch.Tensor, k: int, threshold: float = 0.0) -> tuple[list[in
         else:
             keep.append(i)
     return keep, dropped
+
+
+def prune_by_phrase(scores: torch.Tensor, phrases: list[str | None], per_phrase: int = 1,
+                    inert: float = 0.05) -> tuple[list[int], dict[int, str], list[str]]:
+    """Phrase-wise survivors: each phrase of the prompt asks for at most ``per_phrase`` LoRAs, so
+    candidates compete only with the other candidates of their own phrase (a whole-image LoRA found
+    for "background" cannot push out the object another phrase asked for).
+
+    Args:
+        scores: ``(N,)`` scores (the probe's, or combined with retrieval).
+        phrases: per candidate, the phrase that found it (None: no phrase; those compete together).
+        per_phrase: most survivors per phrase.
+        inert: a phrase's best candidate scoring under ``inert`` x the best score of all is inert
+            (it barely changes the image): dropped, and the phrase left to the base model.
+
+    Returns:
+        (survivors best first, {dropped index: reason}, phrases no candidate serves).
+    """
+    if per_phrase < 1:
+        raise ValueError(f"per_phrase must be >= 1, got {per_phrase}")
+    if len(phrases) != scores.shape[0]:
+        raise ValueError(f"{len(phrases)} phrases for {scores.shape[0]} scores")
+    top = float(scores.max()) if scores.numel() else 0.0
+    groups: dict[str | None, list[int]] = {}
+    for i, p in enumerate(phrases):
+        groups.setdefault(p, []).append(i)
+    keep: list[int] = []
+    dropped: dict[int, str] = {}
+    unserved: list[str] = []
+    for phrase, members in groups.items():
+        members.sort(key=lambda i: (-float(scores[i]), i))
+        where = f"for {phrase!r}" if phrase is not None else "without a phrase"
+        served = 0
+        for i in members:
+            s = float(scores[i])
+            if top <= 0 or s < inert * top:
+                dropped[i] = f"inert {where}: score {s:.3f} < {inert:g} x the best {top:.3f}"
+            elif served >= per_phrase:
+                best = float(scores[members[0]])
+                dropped[i] = f"another candidate {where} scored higher ({best:.3f} vs {s:.3f})"
+            else:
+                keep.append(i)
+                served += 1
+        if phrase is not None and served == 0:
+            unserved.append(phrase)
+    keep.sort(key=lambda i: (-float(scores[i]), i))
+    return keep, dropped, unserved

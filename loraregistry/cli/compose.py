@@ -100,6 +100,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
 @click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=_SEL.retrieval_weight, show_default=True,
               help="Without --lora: weight of the retrieval score against the probe score (geometric).")
+@click.option("--per-phrase", type=click.IntRange(0), default=_SEL.per_phrase, show_default=True,
+              help="Without --lora: most LoRAs per phrase of the prompt (candidates compete within their phrase); "
+                   "0: one global ranking with --threshold.")
 @click.option("--reuse-probe/--no-reuse-probe", default=_SEL.reuse_probe, show_default=True,
               help="Without --lora: continue from the probe's latents instead of recomputing its steps "
                    "(saves P steps of composition; see benchmarks/results/toyworld_auto.md).")
@@ -150,7 +153,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"))
-    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"))
+    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"),
+                                per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
 
     _quiet_libraries()
@@ -283,6 +287,8 @@ def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any],
                f"{rep['seconds']:.1f}s")
     for d in sel["dropped"]:
         click.echo(f"  dropped {d['name']}: {d['reason']}")
+    for p in sel.get("unserved_phrases") or []:
+        click.echo(f"  no LoRA kept for {p!r}: the base model draws it")
 
 
 COMMANDS = [compose]

@@ -237,3 +237,32 @@ def test_unsupported_candidate_is_dropped_with_its_reason(sd1_dir, dump, tmp_pat
     assert "Tucker" in dropped["Kiki Tucker LoKr"] and "cannot be loaded" in dropped["Kiki Tucker LoKr"]
     assert sorted(sel["survivors"]) == ["Kiki LoRA", "Stripes LoRA"]
     reg.close()
+
+
+def test_prune_by_phrase_keeps_one_per_phrase_drops_inert_and_reports_unserved():
+    from composer.relevance import prune_by_phrase
+
+    scores = torch.tensor([0.9, 0.5, 0.8, 0.01, 0.02, 0.3])
+    phrases = ["kiki", "kiki", "checkerboard background", "checkerboard background", "halo", None]
+    keep, dropped, unserved = prune_by_phrase(scores, phrases)
+    assert keep == [0, 2, 5]  # the best of each phrase, whatever the other phrases scored
+    assert "another candidate for 'kiki'" in dropped[1] and "inert" in dropped[3] and "inert" in dropped[4]
+    assert unserved == ["halo"]  # its only candidate is inert: left to the base model
+    two, _, _ = prune_by_phrase(scores, phrases, per_phrase=2)
+    assert set(two) == {0, 1, 2, 5}
+    # A weak object is not dropped for diverging less than a strong background: they do not compete.
+    keep, _, _ = prune_by_phrase(torch.tensor([1.0, 0.2]), ["checkerboard background", "kiki"])
+    assert keep == [0, 1]
+    with pytest.raises(ValueError):
+        prune_by_phrase(scores, phrases[:2])
+
+
+def test_selection_by_phrase_in_the_report(auto):
+    sel = auto.select("a kiki on the left, checkerboard background, inert", threshold=0.0, seed=0, **FAST)
+    rep = sel.report()
+    assert rep["per_phrase"] == 1
+    assert "Inert LoRA" not in rep["survivors"] and {"Kiki LoRA", "Checkerboard LoRA"} <= set(rep["survivors"])
+    assert rep["unserved_phrases"] == ["inert"]  # its only candidate shows no effect
+    assert "Left to the base model" in sel.parameters()
+    old = auto.select("a kiki on the left, checkerboard background, inert", threshold=0.0, seed=0, per_phrase=None, k=2, **FAST)
+    assert old.report()["per_phrase"] is None and len(old.survivors) == 2
