@@ -65,7 +65,12 @@ class SelectionParams:
     # Each phrase of the prompt asks for at most this many LoRAs; candidates compete only within
     # their phrase (composer.relevance.prune_by_phrase). None: one global ranking with `threshold`.
     per_phrase: int | None = 1
-    inert: float = 0.05  # a phrase's best under this fraction of the best score is inert: dropped
+    # A candidate that changes the noise prediction by less than this fraction is inert: dropped
+    # (composer.relevance.strength; on ToyWorld inert copies move it ~0.01%, working LoRAs 1-14%).
+    inert: float = 0.002
+    # A semantic-only match (no trigger or name typed) under this retrieval score asks for nothing:
+    # on ToyWorld, "light/dark background" reach 0.14-0.33 with background LoRAs.
+    min_semantic: float = 0.4
 
     MAX_KEEP = 4
 
