@@ -106,12 +106,17 @@ def main() -> None:
             task = task_for(skills, np.random.default_rng([7, n, i]))
             for seed in range(args.seeds):
                 s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
-                scored = [c for c in s.candidates if c.probe is not None]
-                run = s.probe
+                if s.probe is None:  # one loadable candidate: kept without a probe, whatever the strategy
+                    scored = s.survivors
+                    strength, agree = [1.0], [[1.0]]
+                    probe = retrieval = [1.0]
+                else:
+                    scored = [c for c in s.candidates if c.probe is not None]
+                    strength, agree = s.probe.strength.tolist(), s.probe.agreement.tolist()
+                    probe, retrieval = [c.probe["score"] for c in scored], [c.retrieval_score for c in scored]
                 runs.append({"n": n, "prompt": task.prompt, "seed": seed, "wanted": [f"toyworld_{k}" for k in skills],
                              "names": [Path(c.path).stem for c in scored], "phrases": [c.phrase for c in scored],
-                             "retrieval": [c.retrieval_score for c in scored], "probe": [c.probe["score"] for c in scored],
-                             "strength": run.strength.tolist(), "agreement": run.agreement.tolist(),
+                             "retrieval": retrieval, "probe": probe, "strength": strength, "agreement": agree,
                              "matches": [c.match for c in scored], "triggers": [list(c.trigger_words) for c in scored],
                              "cli": sorted(Path(c.path).stem for c in s.survivors)})
         print(f"N={n} done ({time.time() - t0:.0f}s)", flush=True)
