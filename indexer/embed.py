@@ -124,8 +124,9 @@ def free_cores() -> int:
     torch's default (all cores) collapses when another process holds one of them: on this project's
     2-core machines two threads beside a busy core ran many times slower than one.
     """
-    if os.environ.get("LORAREGISTRY_THREADS", "").isdigit():
-        return max(1, int(os.environ["LORAREGISTRY_THREADS"]))
+    threads = os.environ.get("LORAREGISTRY_THREADS", "")
+    if threads.isascii() and threads.isdigit():  # "²".isdigit() is True, and int() refuses it
+        return max(1, int(threads))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:  # threads running right now, this one included (our own torch threads are idle here)
         with open("/proc/loadavg") as fh:

@@ -166,7 +166,7 @@ class Registry:
     def find(self, token: str) -> LoraEntry:
         """Resolve what a user typed: a registry id, a file path or stem, a model name or a trigger word."""
         token = token.strip()
-        if token.isdigit():
+        if token.isascii() and token.isdigit():
             return self.get(int(token))
         with self.session() as session:
             path = os.path.abspath(os.path.expanduser(token))

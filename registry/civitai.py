@@ -65,7 +65,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # "²".isdigit() is True
         return _int(int(value.strip()))
     if isinstance(value, float) and value.is_integer():
         return _int(int(value))

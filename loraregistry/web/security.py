@@ -87,7 +87,7 @@ class Guard:
             if denied:
                 return
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > self.limits.max_body_bytes):
             await _plain(send, 413, f"request body over {self.limits.max_body_bytes} bytes")
             return
 

@@ -93,3 +93,11 @@ def test_sidecars_of_other_tools() -> None:
 
 def test_html_to_text_keeps_words_and_paragraphs() -> None:
     assert html_to_text("<p>Hello <b>big</b>&amp;bold</p><p>world</p>") == "Hello big&bold\n\nworld"
+
+
+@pytest.mark.parametrize("raw", ["²", "٣", " 12 "])
+def test_numeric_looking_ids_that_int_refuses_are_dropped_not_raised(raw: str) -> None:
+    # Found by the sidecar fuzzer: "²".isdigit() is True, but int("²") raises.
+    kind, record = parse_any({"id": raw, "name": "x", "modelVersions": []}, "fallback")
+    assert kind == "civitai-model"
+    assert record.civitai_id == (12 if raw.strip() == "12" else None)
