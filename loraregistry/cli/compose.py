@@ -259,7 +259,7 @@ def _submit_batch(queue_url: str, batch_file: str, out: str, results_dir: str | 
                 reports[name] = {"name": name, "id": job_id, "error": rec["error"], "worker": rec["worker"]}
             else:
                 stored = json.loads((store_dir / f"{job_id}.json").read_text())
-                rep = {**stored["report"], "id": job_id, "worker": rec["worker"], "out": os.path.join(out, f"{name}.png")}
+                rep = {**stored["report"], "name": name, "id": job_id, "worker": rec["worker"], "out": os.path.join(out, f"{name}.png")}
                 shutil.copyfile(store_dir / stored["image"], rep["out"])
                 if stored.get("weights_map"):
                     rep["weights_map"] = os.path.join(out, f"{name}.weights.png")

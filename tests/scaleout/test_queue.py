@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loraregistry.cli import cli
-from tests.queue.conftest import FAST, Workers, wait_for
+from tests.scaleout.workers import FAST, Workers, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_serve_submits_to_the_queue(workers, queue_url, results, sd1_dir, sd1_lo
 
     state = build_state(ModelInfo(sd1_dir, None, False, "tiny", 2, 7.5), Registry.open(f"sqlite:///{tmp_path / 'r.db'}"), results,
                         queue_url=queue_url)
-    with TestClient(create_app(state)) as client:
+    with TestClient(create_app(state), base_url="http://127.0.0.1") as client:
         r = client.post("/api/jobs", json={"prompt": "a hill", "loras": [{"id": sd1_loras["kohya"], "weight": 0.8}], "steps": 2,
                                            "width": 32, "height": 32, "seed": 5})
         assert r.status_code == 202, r.text
@@ -159,10 +159,12 @@ def test_a_worker_whose_model_cannot_load_takes_no_job(redis_db, sd1_dir, tmp_pa
     assert (rec["state"], rec["attempts"], q.waiting()) == ("queued", 0, 1)
 
 
-def test_a_sigkilled_workers_job_finishes_on_the_other(workers, queue_url, results):
+def test_a_sigkilled_workers_job_finishes_on_the_other(workers, queue_url, results, sd1_loras):
     q = _queue(queue_url)
-    job_id = q.enqueue("line", {"prompt": "a long job", "steps": 400, "width": 64, "height": 64, "seed": 9})
-    rec = wait_for(lambda: (r := q.record(job_id)) and r["state"] == "running" and r["done"] >= 3 and r, what="the job to run")
+    job_id = q.enqueue("line", {"prompt": "a long job", "loras": [sd1_loras["peft"]], "method": "merge", "steps": 400, "width": 64,
+                                "height": 64, "seed": 9})
+    rec = wait_for(lambda: (r := q.record(job_id)) and r["state"] == "running" and r["done"] >= 3 and r, what="the job to run",
+                   show=lambda: q.record(job_id))
     victim = rec["worker"]
     survivor = ({"w1", "w2"} - {victim}).pop()
     os.kill(workers.procs[victim].pid, signal.SIGKILL)

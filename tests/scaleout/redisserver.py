@@ -1,7 +1,7 @@
 """A throwaway Redis server on loopback for the queue tests, from Debian's ``redis-server`` package.
 
-    eval "$(python -m tests.queue.redisserver start DIR)"   # prints: export LORAREGISTRY_TEST_REDIS=...
-    python -m tests.queue.redisserver stop DIR
+    eval "$(python -m tests.scaleout.redisserver start DIR)"   # prints: export LORAREGISTRY_TEST_REDIS=...
+    python -m tests.scaleout.redisserver stop DIR
 
 It listens on 127.0.0.1 at a free port, keeps nothing on disk (no RDB snapshots, no AOF) and writes
 its pid, port and log into DIR.
