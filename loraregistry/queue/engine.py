@@ -115,11 +115,15 @@ class JobBook:
             p.hincrby(self._key(job_id), "attempts", 1)
             p.hset(self._key(job_id), mapping={"state": "running", "phase": "starting", "worker": worker,
                                                "started_at": time.time(), "done": 0, "total": 0})
-            p.hdel(self._key(job_id), "error", "finished_at")
+            p.hdel(self._key(job_id), "error", "finished_at", "first_step_at")
             return int(p.execute()[0])
 
     def progress(self, job_id: str, phase: str, done: int, total: int) -> None:
-        self.r.hset(self._key(job_id), mapping={"phase": phase, "done": done, "total": total})
+        with self.r.pipeline() as p:
+            p.hset(self._key(job_id), mapping={"phase": phase, "done": done, "total": total})
+            if done == 1 and phase == "composing":
+                p.hset(self._key(job_id), "first_step_at", time.time())
+            p.execute()
 
     def finished(self, job_id: str, error: str | None = None, retrying: bool = False) -> None:
         if retrying:
@@ -140,7 +144,7 @@ class JobBook:
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
-        for key in ("submitted_at", "started_at", "finished_at"):
+        for key in ("submitted_at", "started_at", "first_step_at", "finished_at"):
             d[key] = float(d[key]) if d.get(key) else None
         for key in ("attempts", "finishes", "done", "total"):
             d[key] = int(d.get(key) or 0)
