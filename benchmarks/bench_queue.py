@@ -36,10 +36,9 @@ def loadavg() -> str:
 
 def in_process(sd1: str, lines: list[dict], work: Path, probes: int) -> dict:
     """The same jobs on one warm pipeline in this process: seconds per job, and call to first step."""
+    from loraregistry import Registry
     from loraregistry.web.composing import ComposeService, ModelInfo
     from loraregistry.web.gallery import ResultStore
-
-    from loraregistry import Registry
 
     registry = Registry.open(f"sqlite:///{work / 'local.db'}")  # as a worker's: an empty registry in its data directory
     service = ComposeService(ModelInfo(sd1, None, False, "tiny", 10, 7.5), registry, ResultStore(work / "local"), device="cpu")
@@ -176,7 +175,7 @@ def main() -> None:
         "What limits it here: two cores, shared with other work, for two single-threaded workers, this script and "
         "Redis; a tiny job is dominated by fixed per-job work (LoRA apply/unapply, VAE decode, PNG encoding) that a "
         "real GPU job dwarfs. Submit to start is bounded by the idle worker's poll backoff (Dramatiq's consumer "
-        "sleeps up to the worker timeout, 1 s here, between empty fetches).",
+        "sleeps up to `poll`, 0.1 s, between empty fetches).",
     ]
     out.write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -17,8 +17,9 @@ URL: ``redis://HOST:PORT/DB`` with optional query settings that every party read
 ``capacity`` (jobs queued or running before submitting is refused, default 64), ``heartbeat``
 (seconds without a heartbeat before a worker's jobs are requeued, default 60), ``maintenance``
 (per million broker commands that run maintenance, default 1000), ``retries`` (retries of an
-unexpected error, default 2), ``time_limit`` (seconds one job may run, default 3600), ``name``
-(queue name, default ``compose``).
+unexpected error, default 2), ``time_limit`` (seconds one job may run, default 3600), ``poll``
+(seconds an idle worker waits at most between fetches, default 0.1: the queue's latency per job),
+``name`` (queue name, default ``compose``).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class QueueSettings:
     maintenance: int = 1000
     retries: int = 2
     time_limit: float = 3600.0
+    poll: float = 0.1
     name: str = "compose"
 
     @classmethod
@@ -62,10 +64,10 @@ class QueueSettings:
                 kept.append((key, value))
                 continue
             try:
-                settings[key] = value if key == "name" else (float(value) if key in ("heartbeat", "time_limit") else int(value))
+                settings[key] = value if key == "name" else (float(value) if key in ("heartbeat", "time_limit", "poll") else int(value))
             except ValueError:
                 raise ValueError(f"--queue: {key}={value!r} is not a number") from None
-        for key in ("capacity", "heartbeat", "maintenance", "time_limit"):
+        for key in ("capacity", "heartbeat", "maintenance", "time_limit", "poll"):
             if key in settings and settings[key] <= 0:
                 raise ValueError(f"--queue: {key} must be positive")
         return cls(urlunsplit(parts._replace(query=urlencode(kept))), **settings)

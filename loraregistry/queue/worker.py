@@ -18,6 +18,9 @@ from typing import Any
 from loraregistry.queue.engine import ACTOR, JobBook, JobFailed, QueueSettings, make_broker
 
 log = logging.getLogger("loraregistry.worker")
+# Dramatiq requeues a dead worker's job without counting; a job that takes down every worker that
+# runs it is failed after this many such requeues (besides the retries of its errors).
+MAX_REQUEUES = 3
 
 
 def _own_errors() -> tuple[type[BaseException], ...]:
@@ -51,6 +54,10 @@ class QueueWorker:
 
         attempt = self.book.started(job_id, self.name)
         log.info("job %s (%s), attempt %d", job_id, kind, attempt)
+        if attempt > self.settings.retries + MAX_REQUEUES:  # its workers keep dying (out of memory?): a poison job
+            error = f"gave up after {attempt - 1} attempts whose workers died mid-job"
+            self.book.finished(job_id, error=error)
+            raise JobFailed(error)
         if self.service.store.record(job_id) is not None:  # done before, by a worker that died before acking
             self.book.finished(job_id)
             return
@@ -82,7 +89,10 @@ class QueueWorker:
         dramatiq.actor(self.perform, actor_name=ACTOR, queue_name=self.settings.name, broker=self.broker,
                        throws=(JobFailed,), max_retries=self.settings.retries, min_backoff=1000, max_backoff=60000,
                        time_limit=int(self.settings.time_limit * 1000))
-        worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=min(1000, int(self.settings.heartbeat * 250)))
+        # worker_timeout: the longest an idle consumer sleeps between fetches; its fetches are also the
+        # heartbeat, so it stays well under the heartbeat timeout.
+        poll_ms = max(10, int(min(self.settings.poll, self.settings.heartbeat / 4) * 1000))
+        worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=poll_ms)
         worker.queue_prefetch = 1  # a second job waits in Redis for an idle worker, not here
         worker.start()
         log.info("worker %s takes jobs from %s (queue %r)", self.name, self.settings.redis_url, self.settings.name)

@@ -146,6 +146,19 @@ def test_a_full_queue_refuses_submissions(redis_db, tmp_path):
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "queue is full" in r.output and "0 of 1 jobs submitted" in r.output
 
+    from fastapi.testclient import TestClient
+
+    from loraregistry import Registry
+    from loraregistry.web import create_app
+    from loraregistry.web.composing import ModelInfo
+    from loraregistry.web.server import build_state
+
+    state = build_state(ModelInfo("unused", None, False, "tiny", 2, 7.5), Registry.open(f"sqlite:///{tmp_path / 'r.db'}"),
+                        tmp_path / "results", queue_url=f"{redis_db}?name=nobody-takes&capacity=2")
+    with TestClient(create_app(state), base_url="http://127.0.0.1") as client:
+        r = client.post("/api/jobs", json={"prompt": "a hill"})
+        assert r.status_code == 429 and "full" in r.text
+
 
 def test_a_worker_whose_model_cannot_load_takes_no_job(redis_db, sd1_dir, tmp_path):
     url = f"{redis_db}?name=refused&{FAST}"
