@@ -353,9 +353,9 @@ def parse_grounding(text: str) -> dict:
         key, _, value = item.partition("=")
         if key == "steps":
             out[key] = tuple(int(v) for v in value.split("/"))
-        elif key in ("source", "prompts"):
+        elif key in ("source", "prompts", "pool"):
             out[key] = value
-        elif key == "attribute_radius":
+        elif key in ("attribute_radius", "finest"):
             out[key] = int(value)
         else:
             out[key] = float(value)

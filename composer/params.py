@@ -84,3 +84,5 @@ class GroundingParams:
     hi: float = 0.55  # ... 1 above hi
     sharpness: float = 8.0  # how hard overlapping objects split a pixel
     attribute_radius: int = 2  # how far an attribute (clothing) reaches beyond its object, latent pixels
+    pool: str = "area"  # regional: masks shrink to coarse layers by cell average ("area") or maximum ("max")
+    finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

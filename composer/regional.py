@@ -46,6 +46,8 @@ class RegionState:
     encodings: list[torch.Tensor] | None = None
     active: bool = True
     capture: tuple[list[list[int]], list[int]] | None = None
+    pool: str = "area"  # how masks shrink to coarse layers (composer.grounding.masks.at_resolution)
+    finest: int = 0  # masks apply on layers at most this many times coarser than the latent; coarser ones run every LoRA everywhere (0: all masked)
     captured: list[torch.Tensor] = field(default_factory=list)
     _resized: dict = field(default_factory=dict, repr=False)
 
@@ -65,7 +67,9 @@ class RegionState:
             if batch % b:
                 raise ValueError(f"a batch of {batch} rows is no multiple of the {b} images' masks")
             m = m.repeat(1, batch // b, 1, 1)
-            self._resized[key] = at_resolution(m, *hw) if hw is not None else m
+            if hw is not None and self.finest and hw[0] * self.finest < m.shape[-2]:
+                m = torch.ones(*m.shape[:2], *hw, dtype=m.dtype)  # a coarse layer: every LoRA everywhere (Merge)
+            self._resized[key] = at_resolution(m, *hw, pool=self.pool) if hw is not None else m
         return self._resized[key]
 
 

@@ -144,14 +144,15 @@ def route(regions: torch.Tensor, roles: list[str], owners: list[int | None], sha
     return out.clamp(0, 1)
 
 
-def at_resolution(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(..., H, W)`` masks at a layer's ``height x width`` (area-averaged down, bilinear up)."""
+def at_resolution(masks: torch.Tensor, height: int, width: int, pool: str = "area") -> torch.Tensor:
+    """``(..., H, W)`` masks at a layer's ``height x width``: down by averaging each cell (``area``)
+    or by its maximum (``max``: a LoRA acts fully on every coarse cell its region touches), up bilinear."""
     if masks.shape[-2:] == (height, width):
         return masks
     shape = masks.shape
     flat = masks.reshape(-1, 1, *shape[-2:]).float()
     if height <= shape[-2] and width <= shape[-1]:
-        y = F.adaptive_avg_pool2d(flat, (height, width))
+        y = F.adaptive_max_pool2d(flat, (height, width)) if pool == "max" else F.adaptive_avg_pool2d(flat, (height, width))
     else:
         y = F.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False)
     return y.reshape(*shape[:-2], height, width).to(masks.dtype)

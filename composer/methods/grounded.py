@@ -20,7 +20,7 @@ class GroundedMixin:
 
     def _ground(self, ctx: MethodContext) -> Grounder:
         params = replace(self.grounding, source="fixed") if self.fixed is not None else self.grounding
-        self.state = RegionState(tuple(a.adapter for a in ctx.loras))
+        self.state = RegionState(tuple(a.adapter for a in ctx.loras), pool=self.grounding.pool, finest=self.grounding.finest)
         self.grounder = Grounder(ctx, params, self.state, self.fixed)
         return self.grounder
 

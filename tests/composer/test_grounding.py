@@ -148,8 +148,22 @@ def test_masks_at_layer_resolution():
     assert gm.token_grid(64, 16, 16) == (8, 8) and gm.token_grid(9, 5, 5) == (3, 3)
     small = gm.at_resolution(m, 4, 4)
     assert torch.equal(small[0, 0], torch.tensor([[1.0, 1, 0, 0]] * 4))
-    with pytest.raises(ValueError):
-        gm.token_grid(50, 16, 16)
+    dot = torch.zeros(1, 1, 16, 16)
+    dot[..., 5, 5] = 1  # one latent pixel of a region
+    assert gm.at_resolution(dot, 4, 4)[0, 0, 1, 1] == pytest.approx(1 / 16)  # area: a sixteenth of its cell
+    assert gm.at_resolution(dot, 4, 4, pool="max")[0, 0, 1, 1] == 1 and gm.at_resolution(dot, 4, 4, pool="max").sum() == 1
+
+
+def test_region_state_leaves_coarse_layers_unmasked():
+    from composer.regional import RegionState
+
+    masks = torch.zeros(2, 1, 16, 16)  # (LoRAs, images, H, W): one LoRA on the left, one on the right
+    masks[0, :, :, :8], masks[1, :, :, 8:] = 1, 1
+    every = RegionState(("a", "b"), masks=masks)
+    fine = RegionState(("a", "b"), masks=masks, finest=2)
+    assert torch.equal(fine.rows(2, (8, 8)), every.rows(2, (8, 8)))  # 2x coarser: still masked
+    assert torch.equal(fine.rows(2, (4, 4)), torch.ones(2, 2, 4, 4))  # 4x coarser: every LoRA everywhere
+    assert not torch.equal(every.rows(2, (4, 4)), torch.ones(2, 2, 4, 4))
 
 
 # ---------------------------------------------------------------- the masked single pass
