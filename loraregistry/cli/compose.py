@@ -129,7 +129,12 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     batch_file, out, weights_map, as_json = opts.pop("batch_file"), opts.pop("out"), opts.pop("weights_map"), opts.pop("as_json")
     queue_url, results_dir, wait = opts.pop("queue_url"), opts.pop("results_dir"), opts.pop("wait")
     if queue_url and not batch_file:
-        raise click.UsageError("--queue submits a --batch JOBS.jsonl; give --batch")
+        if click.get_current_context().get_parameter_source("queue_url") == click.core.ParameterSource.ENVIRONMENT:
+            queue_url = None  # $LORAREGISTRY_QUEUE sends batches to the queue; one prompt composes here
+        else:
+            raise click.UsageError("--queue submits a --batch JOBS.jsonl; give --batch")
+    if queue_url and opts["model"]:
+        raise click.UsageError("with --queue the workers' model composes (loraregistry worker --model); drop --model")
     loras, pool, method = opts.pop("loras"), opts.pop("pool"), opts["method"]
     if batch_file and prompt:
         raise click.UsageError("give either PROMPT or --batch JOBS.jsonl, not both")
@@ -218,9 +223,12 @@ def _submit_batch(queue_url: str, batch_file: str, out: str, results_dir: str | 
     from loraregistry.web.jobs import QueueFull
 
     # The line fields the options give (unset sampling options are left to the worker's model).
+    try:
+        grounding_steps = [int(x) for x in opts["grounding_steps"].split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     defaults = {"method": opts["method"], "switch_every": opts["switch_every"], "p": opts["p"], "tau": opts["tau"], "lam": opts["lam"],
-                "k": opts["k"], "grounding": opts["grounding_source"],
-                "grounding_steps": [int(x) for x in opts["grounding_steps"].split(",") if x.strip()],
+                "k": opts["k"], "grounding": opts["grounding_source"], "grounding_steps": grounding_steps,
                 "region_prompts": opts["region_prompts"], "seed": opts["seed"], "negative_prompt": opts["negative_prompt"],
                 **{f: opts[f] for f in ("steps", "cfg", "width", "height") if opts[f] is not None}}
     try:

@@ -10,7 +10,8 @@ import click
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
 
 QUEUE_HELP = ("Redis URL of the compose queue (Dramatiq), e.g. redis://HOST:6379/0; query settings: capacity, heartbeat, "
-              "retries, time_limit, maintenance, name. Env: LORAREGISTRY_QUEUE.")
+              "retries, time_limit, poll, maintenance, name. Jobs then run on `loraregistry worker` processes, with their "
+              "model and device. Env: LORAREGISTRY_QUEUE.")
 
 
 def queue_option(func):

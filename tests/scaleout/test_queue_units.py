@@ -74,3 +74,15 @@ def test_worker_decisions(redis_db):
     service = _Service(stored={again})  # written by a worker that died before acking
     QueueWorker(url, service, name="u3").perform(again, "line", {"prompt": "x"})
     assert service.runs == [] and (q.record(again)["state"], q.record(again)["finishes"]) == ("done", 1)
+
+
+def test_compose_queue_usage(tmp_path):
+    r = CliRunner().invoke(cli, ["compose", "a hill", "--queue", "redis://127.0.0.1:1/0"])
+    assert r.exit_code == 2 and "--batch" in r.output
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "x"}\n')
+    r = CliRunner().invoke(cli, ["compose", "--batch", str(jobs), "--queue", "redis://127.0.0.1:1/0", "--model", "m", "--out", "o"])
+    assert r.exit_code == 2 and "workers' model" in r.output
+    jobs.write_text('{"prompt": "x", "colour": "red"}\n')
+    r = CliRunner().invoke(cli, ["compose", "--batch", str(jobs), "--queue", "redis://127.0.0.1:1/0", "--out", "o"])
+    assert r.exit_code == 1 and "unknown job fields: colour" in r.output  # checked before reaching the queue
