@@ -1,19 +1,26 @@
-"""How well retrieve + probe + prune picks a prompt's LoRAs on ToyWorld, and how P and the
-retrieval weight were chosen.
+"""Does retrieve + probe + prune pick exactly the LoRAs a prompt asks for, in a registry full of
+near-duplicates?
 
-    .venv/bin/python benchmarks/bench_toyworld_selection.py [--seeds 2] [--probe-steps 1,3,5]
+    .venv/bin/python benchmarks/bench_toyworld_selection.py [--seeds 2] [--no-distractors]
 
-The ToyWorld dump (8 LoRAs) is ingested into a fresh registry; for every two-skill task of SPEC
-(25 skill sets) and each seed the AutoComposer retrieves all 8 candidates and probes them for P
-steps. The candidates' retrieval and probe scores are kept, and the pruning is redone offline for
-each retrieval weight (the probe does not depend on it): a run is right when the survivors are
-exactly the task's two LoRAs. Two settings of the pruning: k = 2 (the user says how many), and
-the CLI default (k = 4 with the relative threshold 0.5), where the survivors must still be exactly
-the two. Writes benchmarks/results/toyworld_selection.md.
+A fresh registry holds the ToyWorld dump (one LoRA per skill) and, unless --no-distractors, the
+24 distractors of `toyworld.distractors` (a weak and an inert copy of every skill, four mislabelled
+LoRAs, four neighbours). For every skill set of SPEC with 1 to 4 skills and each seed, the
+AutoComposer retrieves its K candidates and probes them (P steps, the CLI defaults); each
+candidate's phrase, retrieval score and probe score are kept, and the pruning is redone offline for
+every strategy, so all are judged on the same candidates and probes:
+
+- scores: retrieval alone (w = 1), probe alone (w = 0), combined (the default w);
+- pruning: global (the old CLI default: k = 4, relative threshold 0.5) or by phrase (each phrase
+  keeps its best candidate; a phrase whose best is inert is left to the base).
+
+A run is right when the survivors are exactly the task's skill LoRAs. Per kind of distractor: how
+often one survived when it was a candidate. Writes benchmarks/results/toyworld_selection.md/.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -26,77 +33,150 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# name -> retrieval weight of combine_scores (None: SelectionParams' default); "agreement": the
+# phrase-wise probe (strength x agreement within the phrase, eligibility by match, inert by strength).
+SCORES = {"retrieval": 1.0, "probe": 0.0, "combined": None, "agreement": "agreement"}
+PRUNING = ("global", "phrase")
 
 
-def toyworld_setup():
-    """An AutoComposer on the built-in ToyWorld pipeline with a fresh registry of its dump, and
-    the 25 two-skill tasks of SPEC (one seeded scene each)."""
+def setup(distractors: bool, dump: Path | None):
     from composer.auto import AutoComposer
     from loraregistry.api import Registry
     from loraregistry.builtin import builtin_dump_dir, builtin_pipeline_dir
     from loraregistry.cli.compose import _quiet_libraries
-    from toyworld.captions import task_for, task_skill_sets
+    from toyworld import distractors as dis
 
     _quiet_libraries()
-    reg = Registry.open(f"sqlite:///{tempfile.mkdtemp()}/toy.db")
-    reg.ingest(str(builtin_dump_dir()))
-    ac = AutoComposer.from_pretrained(str(builtin_pipeline_dir()), reg, device="cpu")
-    return ac, [task_for(s, np.random.default_rng([7, i])) for i, s in enumerate(task_skill_sets(2))]
+    tmp = Path(tempfile.mkdtemp())
+    reg = Registry.open(f"sqlite:///{tmp}/toy.db")
+    dump = dump or builtin_dump_dir()
+    reg.ingest(str(dump))
+    kinds: dict[str, str] = {}
+    if distractors:
+        made = dis.write(Path(dump), tmp / "distractors")
+        reg.ingest(str(tmp / "distractors"))
+        kinds = {d.stem: d.kind for d in made}
+    return AutoComposer.from_pretrained(str(builtin_pipeline_dir()), reg, device="cpu"), kinds
+
+
+def survivors(run: dict, w: float | str, pruning: str, sel) -> set[str]:
+    """The survivors of one recorded run under a score (a retrieval weight, or "agreement": the
+    phrase-wise probe of composer.relevance.phrase_scores) and a pruning."""
+    from composer.relevance import combine_scores, concept_of, eligible, phrase_scores, prune, prune_by_phrase
+
+    keep_n = min(sel.MAX_KEEP, len(run["names"]))
+    phrases = run["phrases"]
+    if w == "agreement":
+        excluded = eligible(phrases, run["matches"], run["retrieval"], sel.min_semantic)
+        phrases = [concept_of(p, m, tuple(t)) for p, m, t in zip(phrases, run["matches"], run["triggers"])]
+        power = torch.tensor(run["strength"])
+        active = [i not in excluded and float(power[i]) >= sel.inert for i in range(len(phrases))]
+        scores = phrase_scores(power, torch.tensor(run["agreement"]), phrases, active)
+        keep = prune_by_phrase(scores, phrases, 1, strength=power, inert=sel.inert, excluded=excluded)[0][:keep_n]
+        return {run["names"][i] for i in keep}
+    scores = combine_scores(torch.tensor(run["probe"]), torch.tensor(run["retrieval"]), w)
+    if pruning == "phrase":
+        keep = prune_by_phrase(scores, phrases, 1)[0][:keep_n]
+    else:
+        keep = prune(scores, keep_n, sel.threshold)[0]
+    return {run["names"][i] for i in keep}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--probe-steps", default="1,3,5")
+    ap.add_argument("--no-distractors", action="store_true")
+    ap.add_argument("--dump", type=Path, default=None, help="the skill LoRAs (default: the built-in dump)")
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
-    ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_selection.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_selection")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
-    from composer.relevance import combine_scores, prune
+    from composer.params import SelectionParams
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
+    from toyworld.captions import task_for, task_skill_sets
 
-    ac, tasks = toyworld_setup()
-    ps = [int(x) for x in args.probe_steps.split(",")]
-    runs = []  # (P, wanted, names, retrieval scores, probe scores)
+    sel = SelectionParams()
+    ac, kinds = setup(not args.no_distractors, args.dump)
+    runs = []
     t0 = time.time()
-    for P in ps:
-        for task in tasks:
+    for n in (1, 2, 3, 4):
+        for i, skills in enumerate(task_skill_sets(n)):
+            task = task_for(skills, np.random.default_rng([7, n, i]))
             for seed in range(args.seeds):
-                sel = ac.select(task.prompt, k=2, probe_steps=P, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
-                names = [next(iter(c.trigger_words)) for c in sel.candidates]
-                runs.append((P, set(task.skills), names,
-                             torch.tensor([c.retrieval_score for c in sel.candidates]),
-                             torch.tensor([c.probe["score"] for c in sel.candidates])))
-        print(f"P={P} done ({time.time() - t0:.0f}s)", flush=True)
+                s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
+                if s.probe is None:  # one loadable candidate: kept without a probe, whatever the strategy
+                    scored = s.survivors
+                    strength, agree = [1.0], [[1.0]]
+                    probe = retrieval = [1.0]
+                else:
+                    scored = [c for c in s.candidates if c.probe is not None]
+                    strength, agree = s.probe.strength.tolist(), s.probe.agreement.tolist()
+                    probe, retrieval = [c.probe["score"] for c in scored], [c.retrieval_score for c in scored]
+                runs.append({"n": n, "prompt": task.prompt, "seed": seed, "wanted": [f"toyworld_{k}" for k in skills],
+                             "names": [Path(c.path).stem for c in scored], "phrases": [c.phrase for c in scored],
+                             "retrieval": retrieval, "probe": probe, "strength": strength, "agreement": agree,
+                             "matches": [c.match for c in scored], "triggers": [list(c.trigger_words) for c in scored],
+                             "cli": sorted(Path(c.path).stem for c in s.survivors)})
+        print(f"N={n} done ({time.time() - t0:.0f}s)", flush=True)
     seconds = time.time() - t0
 
-    def rate(P, w, k, threshold):
-        hits = [r for r in runs if r[0] == P]
-        ok = 0
-        for _, wanted, names, ret, probe in hits:
-            keep, _ = prune(combine_scores(probe, ret, w), k, threshold)
-            ok += {names[i] for i in keep} == wanted
-        return ok / len(hits)
+    combos = [(name, pruning) for name in SCORES for pruning in PRUNING if (name, pruning) != ("agreement", "global")]
+    table = {}
+    for name, pruning in combos:
+        w = sel.retrieval_weight if SCORES[name] is None else SCORES[name]
+        for n in (1, 2, 3, 4):
+            rs = [r for r in runs if r["n"] == n]
+            table[(name, pruning, n)] = sum(survivors(r, w, pruning, sel) == set(r["wanted"]) for r in rs) / len(rs)
+    # how often a distractor of each kind survived when it was a candidate: the old default
+    # (combined scores, global pruning) against the new (agreement, by phrase)
+    versus = {"old": (sel.retrieval_weight, "global"), "new": ("agreement", "phrase")}
+    survived = {}
+    for label, (w, pruning) in versus.items():
+        for kind in sorted(set(kinds.values())):
+            seen = kept = 0
+            for r in runs:
+                cands = [x for x in r["names"] if kinds.get(x) == kind]
+                if cands:
+                    alive = survivors(r, w, pruning, sel)
+                    seen += len(cands)
+                    kept += sum(x in alive for x in cands)
+            survived[(label, kind)] = (kept, seen)
+    cli_ok = sum(set(r["cli"]) == set(r["wanted"]) for r in runs) / len(runs)
 
+    reg = "the ToyWorld dump (8 skill LoRAs)" + ("" if args.no_distractors else
+                                                 f" and {len(kinds)} distractors (toyworld.distractors)")
     lines = ["# ToyWorld LoRA selection (retrieve + probe + prune)", "",
-             f"`python benchmarks/bench_toyworld_selection.py --seeds {args.seeds}`: the 25 two-skill tasks of SPEC x "
-             f"{args.seeds} seeds, 8 candidates each (the whole ToyWorld dump), {len(runs)} probes in {seconds:.0f} s. "
-             "A run is right when the survivors are exactly the task's two LoRAs. Retrieval weight 0 = probe only, "
-             "1 = retrieval only (combined score: weighted geometric mean of the relative scores).", "",
-             "k = 2 (the number of skills is given):", "",
-             "| P | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |", "|---|" + "---|" * len(WEIGHTS)]
-    for P in ps:
-        lines.append(f"| {P} | " + " | ".join(f"{rate(P, w, 2, 0.0):.0%}" for w in WEIGHTS) + " |")
-    lines += ["", "CLI default pruning (k = 4, threshold 0.5 of the best combined score):", "",
-              "| P | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |", "|---|" + "---|" * len(WEIGHTS)]
-    for P in ps:
-        lines.append(f"| {P} | " + " | ".join(f"{rate(P, w, 4, 0.5):.0%}" for w in WEIGHTS) + " |")
+             f"`python benchmarks/bench_toyworld_selection.py --seeds {args.seeds}"
+             f"{' --no-distractors' if args.no_distractors else ''}`: registry = {reg}; every skill set of SPEC "
+             f"with 1-4 skills x {args.seeds} seeds ({len(runs)} runs), K = {sel.candidates} candidates, "
+             f"P = {sel.probe_steps} probe steps, {seconds:.0f} s. Exact = the survivors are exactly the task's "
+             "skill LoRAs. Combined = retrieval weight "
+             f"{sel.retrieval_weight}; global = the old default pruning (k = 4, threshold {sel.threshold}); "
+             "phrase = each phrase keeps its best candidate; agreement = the phrase-wise probe (retrieval says which phrase "
+             "a candidate may serve; within the phrase, strength x agreement with the phrase's other candidates; "
+             "inert by strength): the new default.", "",
+             "| scores | pruning | N=1 | N=2 | N=3 | N=4 | all |", "|---|---|---|---|---|---|---|"]
+    for name, pruning in combos:
+        vals = [table[(name, pruning, n)] for n in (1, 2, 3, 4)]
+        counts = [sum(r["n"] == n for r in runs) for n in (1, 2, 3, 4)]
+        avg = sum(v * c for v, c in zip(vals, counts)) / sum(counts)
+        lines.append(f"| {name} | {pruning} | " + " | ".join(f"{v:.0%}" for v in vals) + f" | {avg:.0%} |")
+    lines += ["", f"The CLI's own selection (the same code path, not re-pruned offline): {cli_ok:.0%} exact.", ""]
+    if kinds:
+        lines += ["Distractors that survived when they were candidates: old = combined scores, global pruning; "
+                  "new = agreement, by phrase (the default):", "", "| kind | old | new |", "|---|---|---|"]
+        for kind in sorted(set(kinds.values())):
+            cells = []
+            for label in versus:
+                kept, seen = survived[(label, kind)]
+                cells.append(f"{kept}/{seen}" + (f" ({kept / seen:.0%})" if seen else ""))
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     report = "\n".join(lines) + "\n"
     print(report)
-    args.out.write_text(report)
+    args.out.with_suffix(".md").write_text(report)
+    args.out.with_suffix(".json").write_text(json.dumps({"runs": runs, "kinds": kinds}))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from composer.cache import DEFAULT_CACHE_BYTES
 from composer.loras import LoadedLora, LoraError, LoraRef, extract_prompt_loras, pipeline_family
 from composer.params import Generation, GroundingParams, LoratorioParams, SelectionParams
 from composer.probe import ProbeRun, run_probe
-from composer.relevance import combine_scores, prune, prune_by_phrase
+from composer.relevance import combine_scores, concept_of, eligible, phrase_scores, prune, prune_by_phrase
 from composer.retrieve import Candidate, SelectionError, resolve_pool, retrieve
 
 _GEN_FIELDS = {f.name for f in dataclasses.fields(Generation)}
@@ -223,7 +223,7 @@ class AutoComposer:
         combined = combine_scores(run.scores.score, retrieval, sel.retrieval_weight)
         for i, c in enumerate(cands):
             c.probe = {"far": float(run.scores.far[i]), "coverage": float(run.scores.coverage[i]),
-                       "score": float(run.scores.score[i])}
+                       "score": float(run.scores.score[i]), "strength": float(run.strength[i])}
             c.combined = float(combined[i])
         return run
 
@@ -249,8 +249,18 @@ class AutoComposer:
             run = self._probe(prompt, loaded, gen, sel, top_k, params or LoratorioParams())
             scored = [c for c, _ in loaded]
             combined = torch.tensor([c.combined for c in scored])
-            if sel.per_phrase and any(c.phrase for c in scored):
-                keep, dropped, unserved = prune_by_phrase(combined, [c.phrase for c in scored], sel.per_phrase, sel.inert)
+            phrases = [concept_of(c.phrase, c.match, c.trigger_words) for c in scored]
+            if sel.per_phrase and any(phrases):
+                # Retrieval says which phrase a candidate may serve; the probe decides among a phrase's
+                # candidates (retrieval scores of two trigger matches differ by their names' wording).
+                excluded = eligible([c.phrase for c in scored], [c.match for c in scored],
+                                    [c.retrieval_score for c in scored], sel.min_semantic)
+                active = [i not in excluded and float(run.strength[i]) >= sel.inert for i in range(len(scored))]
+                ranking = phrase_scores(run.strength, run.agreement, phrases, active)
+                for c, v in zip(scored, ranking):
+                    c.probe["phrase_score"] = float(v)
+                keep, dropped, unserved = prune_by_phrase(ranking, phrases, sel.per_phrase, strength=run.strength,
+                                                          inert=sel.inert, excluded=excluded)
                 for rank, i in enumerate(keep[sel.keep:], sel.keep + 1):
                     dropped[i] = f"rank {rank} of the phrases' best: only the best {sel.keep} are kept"
                 keep = keep[: sel.keep]
@@ -262,8 +272,9 @@ class AutoComposer:
             survivors = [scored[i] for i in keep]
         t3 = time.perf_counter()
         timings = {"retrieve" if pool is None else "resolve": t1 - t0, "load": t2 - t1, "probe": t3 - t2}
-        served = {c.phrase for c in survivors}
-        unserved = [p for p in dict.fromkeys(c.phrase for c in cands if c.phrase) if p not in served]
+        concept = {id(c): concept_of(c.phrase, c.match, c.trigger_words) for c in cands}
+        served = {concept[id(c)] for c in survivors}
+        unserved = [p for p in dict.fromkeys(concept[id(c)] for c in cands if c.phrase) if p not in served]
         return Selection(prompt, "pool" if pool is not None else "retrieval", cands, survivors, retrieval, run, sel, timings,
                          unserved)
 

@@ -22,7 +22,7 @@ from composer.denoiser import BASE, MultiLoraDenoiser, installed
 from composer.loras import LoadedLora
 from composer.methods.loratorio import loratorio_combine
 from composer.params import Generation, LoratorioParams
-from composer.relevance import ProbeScores, probe_scores
+from composer.relevance import ProbeScores, agreement, probe_scores, strength
 
 
 @dataclass
@@ -35,6 +35,8 @@ class ProbeRun:
     unet_samples: int
     seconds: float
     outputs: list[torch.Tensor] = field(default_factory=list)  # each step's guided prediction, for replay
+    strength: torch.Tensor | None = None  # (N,) composer.relevance.strength
+    agreement: torch.Tensor | None = None  # (N, N) composer.relevance.agreement
 
     def report(self) -> dict[str, Any]:
         return {"steps": self.steps, "top_k": self.top_k, "unet_calls": self.unet_calls,
@@ -74,9 +76,17 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
     # keeps each step's patch similarities (N, B, Hp, Wp) for the scores.
     params = LoratorioParams(p=p, tau=tau, lam=1.0, k=top_k)
     similarities: list[torch.Tensor] = []
+    deltas: list[torch.Tensor] = []
+    bases: list[torch.Tensor] = []
+
+    def observe(info: dict) -> None:
+        similarities.append(info["similarity"].detach().float().cpu())
+        eps_c = info["eps_c"].detach().float().cpu()  # (N + 1, B, ...): the base first
+        deltas.append(eps_c[1:] - eps_c[:1])
+        bases.append(eps_c[0])
+
     denoiser = MultiLoraDenoiser(pipe.unet, branches, lambda u, c, step: loratorio_combine(params, u, c),
-                                 uncond_branches=1, record=True,
-                                 callback=lambda info: similarities.append(info["similarity"].detach().float().cpu()))
+                                 uncond_branches=1, record=True, callback=observe)
     first = branches[0]
     kwargs: dict[str, Any] = dict(
         prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=gen.steps,
@@ -87,6 +97,6 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
         kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
     with torch.inference_mode(), installed(pipe, denoiser):
         pipe(**kwargs)
-    sim = torch.stack(similarities)
+    sim, d = torch.stack(similarities), torch.stack(deltas)
     return ProbeRun(sim, probe_scores(sim, top_k), probe_steps, top_k, denoiser.unet_calls, denoiser.unet_samples,
-                    time.perf_counter() - t0, denoiser.outputs)
+                    time.perf_counter() - t0, denoiser.outputs, strength(d, torch.stack(bases)), agreement(d))

@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from composer.math import topk_divergence_mask
 
-__all__ = ["ProbeScores", "probe_scores", "relative", "combine_scores", "prune", "prune_by_phrase"]
+__all__ = ["ProbeScores", "probe_scores", "strength", "agreement", "phrase_scores", "concept_of", "relative", "combine_scores", "prune",
+           "prune_by_phrase"]
 
 
 @dataclass
@@ -60,6 +62,85 @@ def probe_scores(similarity: torch.Tensor, k: int | None) -> ProbeScores:
     m = torch.stack([topk_divergence_mask(s, k) for s in similarity]).float()
     dims = (0, 2, 3, 4)
     return ProbeScores(far=d.mean(dims), coverage=m.mean(dims), score=(d * m).mean(dims))
+
+
+def strength(deltas: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """How much each LoRA moves the noise prediction: ``||eps_i - eps_base|| / ||eps_base||``,
+    averaged over steps and images.
+
+    Args:
+        deltas: ``(P, N, B, ...)`` each LoRA's conditional prediction minus the base's.
+        base: ``(P, B, ...)`` the base's conditional prediction.
+
+    Returns:
+        ``(N,)``: 0 for an inert LoRA, whatever the other candidates do (unlike the patch
+        divergence's top-k coverage, which credits only the LoRAs that diverge most, so a small object
+        LoRA beside whole-image ones scores near 0 although it draws its object).
+    """
+    d = deltas.flatten(3).float().norm(dim=-1)  # (P, N, B)
+    b = base.flatten(2).float().norm(dim=-1).clamp_min(1e-12)  # (P, B)
+    return (d / b.unsqueeze(1)).mean(dim=(0, 2))
+
+
+def agreement(deltas: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` cosine similarity of the LoRAs' changes to the prediction (``(P, N, B, ...)``
+    deltas), averaged over steps and images: two LoRAs of one concept change the image the same way."""
+    d = F.normalize(deltas.flatten(3).float(), dim=-1)  # (P, N, B, D)
+    return torch.einsum("pibd,pjbd->ij", d, d) / (d.shape[0] * d.shape[2])
+
+
+def phrase_scores(power: torch.Tensor, agree: torch.Tensor, phrases: list[str | None],
+                  active: list[bool] | None = None) -> torch.Tensor:
+    """A candidate's probe score within its phrase: its strength times its mean agreement (clamped
+    at 0) with the phrase's other active candidates (``(N,)`` strength, ``(N, N)`` agreement).
+
+    Why: a phrase's candidates are alternatives for one concept. Near-duplicates (a weaker copy, a
+    later version) change the image the same way, a mislabelled LoRA another way; so the candidate
+    most in line with its peers is the likeliest to draw what the phrase names, and among those in
+    line the strongest wins (a weak copy loses to the full one). Peers count equally, whatever
+    their strength (a weak copy still votes). A candidate without active peers keeps its strength."""
+    n = power.shape[0]
+    active = [True] * n if active is None else active
+    out = power.clone().float()
+    for i in range(n):
+        peers = [j for j in range(n) if j != i and active[j] and phrases[j] == phrases[i]]
+        if peers:
+            out[i] = power[i] * agree[i, peers].float().clamp_min(0).mean()
+    return out
+
+
+def concept_of(phrase: str | None, match: str | None, triggers: tuple[str, ...]) -> str | None:
+    """What a candidate was found for: its trigger word when the phrase contains it, else the phrase.
+
+    Why: "a kiki with halo on the left and a bouba with halo on the right" has two halo phrases;
+    keyed by phrase, each would keep its own halo LoRA (two different ones). Keyed by the typed
+    trigger, every halo candidate competes once and one halo LoRA serves both."""
+    if phrase is None or match != "trigger":
+        return phrase
+    words = f" {' '.join(phrase.lower().split())} "
+    for t in triggers:
+        t = " ".join(t.lower().split())
+        if t and f" {t} " in words:
+            return t
+    return phrase
+
+
+def eligible(phrases: list[str | None], matches: list[str | None], retrieval: list[float | None],
+             min_semantic: float) -> dict[int, str]:
+    """Candidates that may not serve their phrase, with the reason: a semantic-only hit in a phrase
+    where another candidate's trigger or name was typed (the user named that one), or a
+    semantic-only hit under ``min_semantic`` (a phrase like "dark background" finds the nearest
+    background LoRAs, but asks for none)."""
+    named = {p for p, m in zip(phrases, matches) if m in ("trigger", "name")}
+    out: dict[int, str] = {}
+    for i, (p, m, r) in enumerate(zip(phrases, matches, retrieval)):
+        if m in ("trigger", "name") or p is None:
+            continue
+        if p in named:
+            out[i] = f"for {p!r}, another candidate's trigger or name is in the prompt"
+        elif r is not None and r < min_semantic:
+            out[i] = f"a loose match for {p!r} (retrieval {r:.2f} < {min_semantic:g})"
+    return out
 
 
 def relative(x: torch.Tensor) -> torch.Tensor:
@@ -129,27 +210,29 @@ def prune(scores: torch.Tensor, k: int, threshold: float = 0.0) -> tuple[list[in
     return keep, dropped
 
 
-def prune_by_phrase(scores: torch.Tensor, phrases: list[str | None], per_phrase: int = 1,
-                    inert: float = 0.05) -> tuple[list[int], dict[int, str], list[str]]:
+def prune_by_phrase(scores: torch.Tensor, phrases: list[str | None], per_phrase: int = 1, *,
+                    strength: torch.Tensor | None = None, inert: float = 0.002,
+                    excluded: dict[int, str] | None = None) -> tuple[list[int], dict[int, str], list[str]]:
     """Phrase-wise survivors: each phrase of the prompt asks for at most ``per_phrase`` LoRAs, so
     candidates compete only with the other candidates of their own phrase (a whole-image LoRA found
     for "background" cannot push out the object another phrase asked for).
 
     Args:
-        scores: ``(N,)`` scores (the probe's, or combined with retrieval).
+        scores: ``(N,)`` scores that rank a phrase's candidates (``phrase_scores``).
         phrases: per candidate, the phrase that found it (None: no phrase; those compete together).
         per_phrase: most survivors per phrase.
-        inert: a phrase's best candidate scoring under ``inert`` x the best score of all is inert
-            (it barely changes the image): dropped, and the phrase left to the base model.
+        strength: ``(N,)`` each candidate's ``strength``; one under ``inert`` barely changes the
+            image and is dropped. None: nothing is judged inert.
+        excluded: {index: reason} of candidates that may not serve (``eligible``).
 
     Returns:
-        (survivors best first, {dropped index: reason}, phrases no candidate serves).
+        (survivors best first, {dropped index: reason}, phrases no candidate serves: the base draws them).
     """
     if per_phrase < 1:
         raise ValueError(f"per_phrase must be >= 1, got {per_phrase}")
     if len(phrases) != scores.shape[0]:
         raise ValueError(f"{len(phrases)} phrases for {scores.shape[0]} scores")
-    top = float(scores.max()) if scores.numel() else 0.0
+    excluded = excluded or {}
     groups: dict[str | None, list[int]] = {}
     for i, p in enumerate(phrases):
         groups.setdefault(p, []).append(i)
@@ -159,17 +242,19 @@ def prune_by_phrase(scores: torch.Tensor, phrases: list[str | None], per_phrase:
     for phrase, members in groups.items():
         members.sort(key=lambda i: (-float(scores[i]), i))
         where = f"for {phrase!r}" if phrase is not None else "without a phrase"
-        served = 0
+        served, best = 0, None
         for i in members:
             s = float(scores[i])
-            if top <= 0 or s < inert * top:
-                dropped[i] = f"inert {where}: score {s:.3f} < {inert:g} x the best {top:.3f}"
+            if i in excluded:
+                dropped[i] = excluded[i]
+            elif strength is not None and float(strength[i]) < inert:
+                dropped[i] = f"inert {where}: it changes the prediction by {float(strength[i]):.2%} (< {inert:.2%})"
             elif served >= per_phrase:
-                best = float(scores[members[0]])
-                dropped[i] = f"another candidate {where} scored higher ({best:.3f} vs {s:.3f})"
+                dropped[i] = f"another candidate {where} scored higher ({best:.4f} vs {s:.4f})"
             else:
                 keep.append(i)
                 served += 1
+                best = s if best is None else best
         if phrase is not None and served == 0:
             unserved.append(phrase)
     keep.sort(key=lambda i: (-float(scores[i]), i))

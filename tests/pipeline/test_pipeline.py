@@ -243,18 +243,46 @@ def test_prune_by_phrase_keeps_one_per_phrase_drops_inert_and_reports_unserved()
     from composer.relevance import prune_by_phrase
 
     scores = torch.tensor([0.9, 0.5, 0.8, 0.01, 0.02, 0.3])
+    power = torch.tensor([0.05, 0.04, 0.1, 1e-4, 1e-4, 0.03])  # how much each moves the prediction
     phrases = ["kiki", "kiki", "checkerboard background", "checkerboard background", "halo", None]
-    keep, dropped, unserved = prune_by_phrase(scores, phrases)
+    keep, dropped, unserved = prune_by_phrase(scores, phrases, strength=power)
     assert keep == [0, 2, 5]  # the best of each phrase, whatever the other phrases scored
     assert "another candidate for 'kiki'" in dropped[1] and "inert" in dropped[3] and "inert" in dropped[4]
     assert unserved == ["halo"]  # its only candidate is inert: left to the base model
-    two, _, _ = prune_by_phrase(scores, phrases, per_phrase=2)
+    two, _, _ = prune_by_phrase(scores, phrases, per_phrase=2, strength=power)
     assert set(two) == {0, 1, 2, 5}
     # A weak object is not dropped for diverging less than a strong background: they do not compete.
-    keep, _, _ = prune_by_phrase(torch.tensor([1.0, 0.2]), ["checkerboard background", "kiki"])
+    keep, _, _ = prune_by_phrase(torch.tensor([1.0, 0.2]), ["checkerboard background", "kiki"], strength=torch.tensor([0.1, 0.01]))
     assert keep == [0, 1]
+    keep, dropped, _ = prune_by_phrase(scores, phrases, excluded={0: "a loose match"})
+    assert keep[:2] == [2, 1] and dropped[0] == "a loose match"  # the next candidate of the phrase serves it
     with pytest.raises(ValueError):
         prune_by_phrase(scores, phrases[:2])
+
+
+def test_phrase_scores_prefer_the_candidate_its_peers_agree_with():
+    from composer.relevance import agreement, eligible, phrase_scores, strength
+
+    g = torch.Generator().manual_seed(0)
+    kiki, mimi, base = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    # (P=1, N, B=1, ...): the kiki LoRA, a weaker copy, a mislabelled one (draws mimi, stronger), an inert copy
+    deltas = torch.stack([kiki, 0.3 * kiki + 0.05 * mimi, 1.5 * mimi, 1e-4 * kiki]).unsqueeze(1).unsqueeze(0)
+    power, agree = strength(deltas, base), agreement(deltas)
+    assert power[2] > power[0] > power[1] > 1000 * power[3]
+    assert torch.allclose(agree.diagonal(), torch.ones(4)) and agree[0, 1] > 0.9 and abs(float(agree[0, 2])) < 0.3
+    phrases = ["kiki"] * 4
+    active = [bool(p >= 0.002 * power.max()) for p in power]
+    scores = phrase_scores(power, agree, phrases, active)
+    assert int(scores[:3].argmax()) == 0  # the strongest in line with its peers, not the strongest
+    assert torch.equal(phrase_scores(power, agree, ["a", "b", "c", "d"]), power)  # alone in a phrase: its strength
+    from composer.relevance import concept_of
+
+    # Two halo phrases: every halo candidate competes once (keyed by the typed trigger), so one halo LoRA serves both.
+    assert concept_of("halo on the left", "trigger", ("halo",)) == concept_of("halo on the right", "trigger", ("Halo",)) == "halo"
+    assert concept_of("halo on the left", "semantic", ("halo",)) == "halo on the left"
+    assert concept_of("halos", "trigger", ("halo",)) == "halos"  # whole words only
+    reasons = eligible(["kiki", "kiki", "dark background"], ["trigger", "semantic", "semantic"], [0.5, 0.6, 0.2], 0.4)
+    assert set(reasons) == {1, 2} and "trigger or name" in reasons[1] and "loose match" in reasons[2]
 
 
 def test_selection_by_phrase_in_the_report(auto):
