@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "loraregistry.cli.compose",
     "loraregistry.cli.demo",
     "loraregistry.cli.serve",
+    "loraregistry.cli.queue",
 )
 
 

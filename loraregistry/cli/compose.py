@@ -16,6 +16,7 @@ from composer import methods
 from composer.params import Generation, GroundingParams, LoratorioParams, SelectionParams
 from loraregistry.builtin import BUILTIN_CFG, BUILTIN_NAME, BUILTIN_STEPS
 from loraregistry.cli.common import CliContext, echo_json, json_option, pass_cli
+from loraregistry.cli.queue import queue_option, results_option
 
 _LT, _SEL, _GEN, _GR = LoratorioParams(), SelectionParams(), Generation(), GroundingParams()
 
@@ -107,6 +108,10 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="Without --lora: continue from the probe's latents instead of recomputing its steps "
                    "(saves P steps of composition; see benchmarks/results/toyworld_auto.md).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
+@queue_option
+@results_option
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="With --queue: wait for the jobs and copy their results to --out DIR (else print their ids).")
 @json_option
 @pass_cli
 def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
@@ -122,6 +127,14 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     Example: loraregistry --db loras.db compose "a kiki on the left, checkerboard background" --model ./toy --keep 2
     """
     batch_file, out, weights_map, as_json = opts.pop("batch_file"), opts.pop("out"), opts.pop("weights_map"), opts.pop("as_json")
+    queue_url, results_dir, wait = opts.pop("queue_url"), opts.pop("results_dir"), opts.pop("wait")
+    if queue_url and not batch_file:
+        if click.get_current_context().get_parameter_source("queue_url") == click.core.ParameterSource.ENVIRONMENT:
+            queue_url = None  # $LORAREGISTRY_QUEUE sends batches to the queue; one prompt composes here
+        else:
+            raise click.UsageError("--queue submits a --batch JOBS.jsonl; give --batch")
+    if queue_url and opts["model"]:
+        raise click.UsageError("with --queue the workers' model composes (loraregistry worker --model); drop --model")
     loras, pool, method = opts.pop("loras"), opts.pop("pool"), opts["method"]
     if batch_file and prompt:
         raise click.UsageError("give either PROMPT or --batch JOBS.jsonl, not both")
@@ -133,6 +146,9 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
         raise click.UsageError("--weights-map is per image; with --batch each job's map goes to DIR/<name>.weights.png")
     if pool and (loras or batch_file):
         raise click.UsageError("--pool chooses the LoRAs itself: give it without --lora and --batch")
+
+    if queue_url:
+        return _submit_batch(queue_url, batch_file, out, results_dir, wait, as_json, opts)
 
     from composer.loras import extract_prompt_loras
 
@@ -193,6 +209,79 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                    f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
     if batch_file and any("error" in r for r in reports):
         raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
+
+
+def _submit_batch(queue_url: str, batch_file: str, out: str, results_dir: str | None, wait: bool, as_json: bool,
+                  opts: dict[str, Any]) -> None:
+    """Submit each line of the batch to the queue; with --wait, wait for them and copy the results to
+    --out DIR under the jobs' names, reporting each line as an in-process batch does."""
+    import shutil
+    import time
+
+    from composer.api import read_jobs
+    from loraregistry.cli.queue import open_queue, results_dir_or_default
+    from loraregistry.web.jobs import QueueFull
+
+    # The line fields the options give (unset sampling options are left to the worker's model).
+    try:
+        grounding_steps = [int(x) for x in opts["grounding_steps"].split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
+    defaults = {"method": opts["method"], "switch_every": opts["switch_every"], "p": opts["p"], "tau": opts["tau"], "lam": opts["lam"],
+                "k": opts["k"], "grounding": opts["grounding_source"], "grounding_steps": grounding_steps,
+                "region_prompts": opts["region_prompts"], "seed": opts["seed"], "negative_prompt": opts["negative_prompt"],
+                **{f: opts[f] for f in ("steps", "cfg", "width", "height") if opts[f] is not None}}
+    try:
+        read_jobs(batch_file, defaults)  # every line valid before any is submitted
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    lines = []
+    with open(batch_file, encoding="utf-8") as f:
+        for n, text in enumerate(f, 1):
+            if text.strip():
+                d = {**defaults, **json.loads(text)}
+                d.setdefault("name", f"job{n:04d}")
+                lines.append(d)
+    store_dir = results_dir_or_default(results_dir)
+    q = open_queue(queue_url)
+    submitted: list[tuple[str, str]] = []
+    try:
+        for line in lines:
+            submitted.append((line["name"], q.enqueue("line", line, name=line["name"])))
+    except QueueFull as exc:
+        raise click.ClickException(f"{exc} ({len(submitted)} of {len(lines)} jobs submitted: "
+                                   f"{', '.join(i for _, i in submitted) or 'none'})") from exc
+    if not wait:
+        (echo_json if as_json else lambda x: [click.echo(json.dumps(r)) for r in x])(
+            [{"name": name, "id": job_id} for name, job_id in submitted])
+        return
+    os.makedirs(out, exist_ok=True)
+    pending, reports = dict(submitted), {}
+    while pending:
+        for name, job_id in list(pending.items()):
+            rec = q.record(job_id)
+            if rec is None or rec["state"] not in ("done", "failed"):
+                continue
+            del pending[name]
+            if rec["state"] == "failed":
+                reports[name] = {"name": name, "id": job_id, "error": rec["error"], "worker": rec["worker"]}
+            else:
+                stored = json.loads((store_dir / f"{job_id}.json").read_text())
+                rep = {**stored["report"], "name": name, "id": job_id, "worker": rec["worker"], "out": os.path.join(out, f"{name}.png")}
+                shutil.copyfile(store_dir / stored["image"], rep["out"])
+                if stored.get("weights_map"):
+                    rep["weights_map"] = os.path.join(out, f"{name}.weights.png")
+                    shutil.copyfile(store_dir / stored["weights_map"], rep["weights_map"])
+                reports[name] = rep
+            if not as_json:
+                click.echo(json.dumps(reports[name], default=str))
+        if pending:
+            time.sleep(0.2)
+    ordered = [reports[name] for name, _ in submitted]
+    if as_json:
+        echo_json(ordered)
+    if any("error" in r for r in ordered):
+        raise click.ClickException(f"{sum('error' in r for r in ordered)} of {len(ordered)} jobs failed")
 
 
 def _run_job(composer, job, batch_file, out, weights_map, as_json) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import re
 import click
 
 from loraregistry.cli.common import CliContext, pass_cli
+from loraregistry.cli.queue import queue_option
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
 
@@ -27,13 +28,16 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
               help="Compose jobs that may wait; more are refused with 429.")
 @click.option("--keep-results", type=click.IntRange(1), default=500, show_default=True, help="Results kept in the gallery.")
 @click.option("--no-warm", is_flag=True, help="Load the pipeline on the first job instead of at start.")
+@queue_option
 @pass_cli
 def serve(cli: CliContext, host: str, port: int, token: str | None, model: str | None, device: str | None, dtype: str,
-          results_dir: str | None, queue_size: int, keep_results: int, no_warm: bool) -> None:
+          results_dir: str | None, queue_size: int, keep_results: int, no_warm: bool, queue_url: str | None) -> None:
     """Serve the registry and the composer: library, entry and compose pages, and a JSON API under /api/.
 
     One process holds the registry, the warm pipeline and a bounded job queue. With no --model the
     built-in ToyWorld pipeline composes; with no --db either, the ToyWorld demo registry is served.
+    With --queue, compose jobs go to that queue for `loraregistry worker` processes (no pipeline is
+    loaded here; --results must be the workers' results directory, --queue-size is the URL's capacity).
 
     Example: loraregistry --db sqlite:///loras.db serve --model ./sd15 --port 8765
     """
@@ -56,8 +60,15 @@ def serve(cli: CliContext, host: str, port: int, token: str | None, model: str |
         raise click.ClickException(str(exc)) from exc
     click.echo(f"model: {info.description}", err=True)
     click.echo(f"registry: {registry.stats()['url']}", err=True)
+    if queue_url:
+        from loraregistry.cli.queue import open_queue, results_dir_or_default
+
+        open_queue(queue_url).close()  # reachable, or one clean error now
+        results_dir = str(results_dir_or_default(results_dir))
+        click.echo(f"compose jobs go to the queue {queue_url}", err=True)
     state = build_state(info, registry, results_dir or data_dir() / "serve-results", device=device, dtype=dtype,
-                        queue_size=queue_size, warm=not no_warm, keep_results=keep_results)
+                        queue_size=queue_size, warm=not no_warm and not queue_url, keep_results=keep_results,
+                        queue_url=queue_url)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"serving on http://{shown}:{port}/" + ("?token=…" if token else "") + "  (API docs: /api/docs)", err=True)
     uvicorn.run(create_app(state, token=token), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

@@ -135,6 +135,21 @@ class ComposeService:
         with _threads_for_this_job():
             return self._run(job_id, req, progress)
 
+    def run_line(self, job_id: str, line: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        """Run one ``compose --batch`` line (its LoRAs named, as a batch runs it) and store its result
+        under ``job_id``; what a queue worker does with a batch submitted through the queue. Steps
+        and CFG the line leaves unset are this model's defaults, as ``compose --batch --model`` does."""
+        from composer import Job
+
+        job = Job.from_dict({"steps": self.model.steps, "cfg": self.model.cfg, **line, "name": job_id})  # unset: the model's
+        progress("loading the pipeline", 0, job.steps)
+        composer = self.composer()
+        progress("loading LoRAs", 0, job.steps)
+        with _threads_for_this_job():
+            result = composer.run(job, progress=lambda done, total: progress("composing", done, total))
+        progress("saving", job.steps, job.steps)
+        return self.store.save(job_id, result, line)
+
     def _run(self, job_id: str, req: ComposeRequest, progress: Progress) -> dict[str, Any]:
         from composer import Job
         from composer.auto import AutoComposer

@@ -15,7 +15,7 @@ from loraregistry.web.app import ServeState
 from loraregistry.web.catalog import SerialSearch
 from loraregistry.web.composing import ComposeService, ModelInfo
 from loraregistry.web.gallery import ResultStore
-from loraregistry.web.jobs import InProcessQueue
+from loraregistry.web.jobs import InProcessQueue, JobQueue
 
 log = logging.getLogger("loraregistry.serve")
 
@@ -36,13 +36,19 @@ def resolve(model: str | None, db_url: str | None) -> tuple[ModelInfo, Any]:
 
 def build_state(model: ModelInfo, registry: Any, results_dir: str | Path, *, device: str | None = None,
                 dtype: str = "auto", queue_size: int = 8, start_worker: bool = True, warm: bool = False,
-                keep_results: int = 500) -> ServeState:
+                keep_results: int = 500, queue_url: str | None = None) -> ServeState:
     """The state a server holds. ``warm``: load the pipeline now, in the background, so that the
-    first job does not wait for it."""
+    first job does not wait for it. ``queue_url``: compose jobs go to that queue (``loraregistry
+    worker`` runs them and writes to ``results_dir``) instead of a worker thread here."""
     registry = SerialSearch(registry)
     store = ResultStore(results_dir, keep=keep_results)
     service = ComposeService(model, registry, store, device=device, dtype=dtype)
-    queue = InProcessQueue(service, store.record, capacity=queue_size, start=start_worker)
+    if queue_url:
+        from loraregistry.queue import RedisQueue
+
+        queue: JobQueue = RedisQueue(queue_url, store.record)
+    else:
+        queue = InProcessQueue(service, store.record, capacity=queue_size, start=start_worker)
     if warm:
         def load() -> None:
             try:
