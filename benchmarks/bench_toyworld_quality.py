@@ -224,7 +224,7 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
         f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
         f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N. "
         f"Grounding: {args.grounding or 'defaults'}; oracles: the grounded methods given the true regions "
-        "(toyworld.truth) instead of a mask source. Pipeline {args.pipeline}, LoRAs {args.dump}.",
+        f"(toyworld.truth) instead of a mask source. Pipeline {args.pipeline or 'built-in'}, LoRAs {args.dump}.",
         "",
         "| method | " + " | ".join(f"N={n}" for n in ns) + " | all |",
         "|---|" + "---|" * (len(ns) + 1),
