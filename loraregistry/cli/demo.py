@@ -69,13 +69,16 @@ def demo(out_dir: str, prompt: str, seed: int, keep: int) -> None:
                             progress=lambda done, total: bar.update(task, completed=done))
     sel = result.selection
     table = Table()
-    for col in ("candidate", "trigger", "retrieval", "probe", "combined", "decision"):
+    # What selection by phrase decides on: the phrase that found each candidate, its retrieval
+    # score, and its strength (how much it moves the base's prediction, composer.relevance.strength).
+    for col in ("candidate", "trigger", "phrase", "retrieval", "strength", "decision"):
         table.add_column(col, overflow="fold")
     fmt = lambda x: "" if x is None else f"{x:.3g}"
     for c in sel.candidates:
-        probe = c.probe.get("score") if c.probe else None
+        strength = c.probe.get("strength") if c.probe else None
         decision = "kept" if c.kept else f"dropped: {c.reason}"
-        table.add_row(c.name, ", ".join(c.trigger_words), fmt(c.retrieval_score), fmt(probe), fmt(c.combined), decision)
+        table.add_row(c.name, ", ".join(c.trigger_words), c.phrase or "", fmt(c.retrieval_score),
+                      "" if strength is None else f"{strength:.2%}", decision)
     console.print(table)
 
     image, weights, strip_path = out / "compose.png", out / "weights.png", out / "strip.png"
