@@ -7,10 +7,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import FILLERS, make_client, wait_for
 from PIL import Image
 
 from loraregistry.cli import cli
+from tests.web.conftest import FILLERS, make_client, wait_for
 
 TOYWORLD = {"bouba", "checkerboard", "dots", "framed", "halo", "kiki", "mimi", "stripes"}
 LOCON = {"bouba", "checkerboard", "dots", "halo"}  # toyworld/assets/README.md

@@ -6,9 +6,9 @@ import re
 from html.parser import HTMLParser
 
 from click.testing import CliRunner
-from conftest import FILLERS, wait_for
 
 from loraregistry.cli import cli
+from tests.web.conftest import FILLERS, wait_for
 
 
 class _Cards(HTMLParser):

@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import HOSTILE_ID, make_client
 
 from tests.registry.loras import civitai_sidecar, kohya_lora
+from tests.web.conftest import HOSTILE_ID, make_client
 
 TOKEN = "s3cret-token_for.tests"
 
