@@ -179,7 +179,9 @@ def main() -> None:
         previous = Path(args.out).read_text() if Path(args.out).exists() else ""
         kept = previous[previous.index("## Retrieval latency"):] if "## Retrieval latency" in previous else ""
         kept = kept.split("\nVerdict")[0]  # a verdict written for the previous numbers does not carry over
-        lines.append(kept.rstrip() + "\n\n(Retrieval section kept from the previous run: this one ran with --no-retrieval.)")
+        note = "(Retrieval section kept from the previous run: this one ran with --no-retrieval.)"
+        kept = kept.replace(note, "").rstrip()  # once, however many runs kept it
+        lines.append(kept + "\n\n" + note)
     else:
         lines += [
             "## Retrieval latency (registry.search, k=16, 5 prompts x 3)", "",
