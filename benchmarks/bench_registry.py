@@ -261,6 +261,7 @@ def phase_latency(work: Path, embedders: list[str], queries: int, size: int) -> 
 def phase_search(work: Path, embedder: str, queries: int, recall_n: int) -> dict:
     import numpy as np
 
+    from indexer.search import Filters
     from loraregistry.api import Registry
 
     load = os.getloadavg()[0]
@@ -285,7 +286,7 @@ def phase_search(work: Path, embedder: str, queries: int, recall_n: int) -> dict
             hits = [h.entry for h in reg.search(prompt, k=10)]
             vec = searcher.embedder.encode([prompt])
             _, ids = searcher.index.search(vec, 10)
-            vids = [searcher._pick_version(int(mid), None, False) for mid in ids[0] if mid >= 0]
+            vids = [searcher._pick_version(int(mid), Filters()) for mid in ids[0] if mid >= 0]
             base_entries = [entry_of(v) for v in session.scalars(version_query().where(Version.id.in_([v for v in vids if v])))]
             for subject in subjects:
                 total += 1
@@ -318,7 +319,9 @@ def run_phase(name: str, work: Path, args: argparse.Namespace) -> dict:
     if args.threads:
         env["LORAREGISTRY_THREADS"] = str(args.threads)
     print(f"[{time.strftime('%H:%M:%S')}] {name} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:  # show why the phase failed, not only that it did
+        sys.exit(f"phase {name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
