@@ -32,14 +32,16 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "toyworld" / "assets"
 METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic", "grounded-loratorio", "regional",
-           "oracle-grounded-loratorio", "oracle-regional")
+           "by-role", "oracle-grounded-loratorio", "oracle-regional")
 # The oracles are grounded methods handed the true regions (toyworld.truth) instead of a mask source.
 ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional"}
 
 
-def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True) -> list[dict]:
+def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True,
+                first_seed: int = 0) -> list[dict]:
     """Every N=2 skill set (unless not `all_of_n2`), a seeded sample of `sets_per_n` sets for the
-    other N; one scene per seed."""
+    other N; one scene per seed. ``first_seed`` > 0: seeds first_seed, first_seed + 1, ... with
+    scenes of their own (the same skill sets), to check on seeds a choice was not made on."""
     from toyworld.captions import task_for, task_skill_sets
 
     rng = np.random.default_rng(seed)
@@ -49,8 +51,8 @@ def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of
         if (n > 2 or not all_of_n2) and sets_per_n < len(sets):
             sets = [sets[i] for i in sorted(rng.choice(len(sets), sets_per_n, replace=False))]
         for skills in sets:
-            for s in range(seeds):
-                task = task_for(skills, np.random.default_rng([seed, n, len(out)]))
+            for s in range(first_seed, first_seed + seeds):
+                task = task_for(skills, np.random.default_rng([seed, n, len(out)] + ([first_seed] if first_seed else [])))
                 out.append({"n": n, "skills": list(skills), "seed": 1000 + s, "prompt": task.prompt, "task": task})
     return out
 
@@ -219,7 +221,8 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
     lines = [
         "# ToyWorld composition quality",
         "",
-        f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds} --sets-per-n {args.sets_per_n} --ns {args.ns}`; "
+        f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds}"
+        f"{f' --first-seed {args.first_seed}' if getattr(args, 'first_seed', 0) else ''} --sets-per-n {args.sets_per_n} --ns {args.ns}`; "
         f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
         f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
         f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N. "
@@ -292,6 +295,8 @@ def _skills() -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds FIRST.. with scenes of their own (e.g. 4 after a --seeds 4 run: seeds a choice never saw)")
     ap.add_argument("--sets-per-n", type=int, default=12, help="skill sets sampled for N = 3 and 4 (all of N = 2)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--ns", default="2,3,4", help="which N to run (e.g. 3,4 with --sets-per-n 40: every set of both)")
@@ -331,7 +336,7 @@ def main() -> None:
         print(report)
         (args.out / f"{args.name}.md").write_text(report)
         return
-    tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")))
+    tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")), first_seed=args.first_seed)
     params = {"p": args.p, "tau": args.tau, "lam": args.lam}
     jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
     rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds, dump=args.dump,

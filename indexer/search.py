@@ -16,7 +16,7 @@ from sqlalchemy import select
 from indexer.prompt import Phrase, decompose, ngrams
 from indexer.store import Store
 from registry.models import LoraFile, LoraModel, Tag, TriggerWord, Version, model_tags
-from registry.service import LoraEntry, clean_name, entry_of, version_query
+from registry.service import LoraEntry, clean_name, entries_by_id
 from registry.text import normalize_word
 
 SEMANTIC_DEPTH = 64  # neighbours per phrase; also the sample for each phrase's "matches everything" level
@@ -277,6 +277,5 @@ class Searcher:
         missing = [v for v in version_ids if v not in self._entries]
         if missing:
             with self.registry.session() as session:
-                for version in session.scalars(version_query().where(Version.id.in_(missing))):
-                    self._entries[version.id] = entry_of(version)
+                self._entries.update(entries_by_id(session, missing))
         return {v: self._entries[v] for v in version_ids if v in self._entries}

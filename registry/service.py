@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from registry.civitai import FileRecord, ModelRecord, VersionRecord, normalize_base_model
-from registry.models import LoraFile, LoraModel, RegistryState, Tag, TriggerWord, Version
+from registry.models import LoraFile, LoraModel, RegistryState, Tag, TriggerWord, Version, model_tags
 from registry.text import normalize_word
 
 EMBEDDINGS_STAMP = "embeddings_stamp"
@@ -279,24 +279,20 @@ class LoraEntry:
         return data
 
 
+def _file_rank(f) -> tuple:
+    """Order of preference among a version's files (an ORM row or a Core row): a present adapter
+    first, then the primary published one."""
+    return (f.status != "present", f.kind not in (None, "Model"), not f.is_primary, f.format == "pickle", f.id or 0)
+
+
 def primary_file(version: Version) -> LoraFile | None:
     """The file a composer loads: a present adapter first, then the primary published one."""
-
-    def rank(f: LoraFile) -> tuple:
-        return (
-            f.status != "present",
-            f.kind not in (None, "Model"),
-            not f.is_primary,
-            f.format == "pickle",
-            f.id or 0,
-        )
-
-    return min(version.files, key=rank) if version.files else None
+    return min(version.files, key=_file_rank) if version.files else None
 
 
-def entry_of(version: Version) -> LoraEntry:
-    model = version.model
-    f = primary_file(version)
+def _make_entry(version, model, f, trigger_words: Iterable[str], tags: Iterable[str]) -> LoraEntry:
+    """The entry from a version, its model and its primary file, as ORM objects or Core rows alike."""
+    present = f is not None and f.status == "present"
     return LoraEntry(
         id=version.id,
         civitai_model_id=model.civitai_id,
@@ -306,21 +302,54 @@ def entry_of(version: Version) -> LoraEntry:
         version_name=version.name,
         base_model=version.base_model,
         base_family=version.base_family,
-        file_path=f.path if f is not None and f.status == "present" else None,
+        file_path=f.path if present else None,
         file_status=f.status if f is not None else None,
         sha256=f.sha256 if f is not None else None,
         autov2=f.autov2 if f is not None else None,
         format=f.format if f is not None else None,
         rank=f.rank if f is not None else None,
         alpha=f.alpha if f is not None else None,
-        trigger_words=tuple(t.word for t in version.trigger_words),
-        tags=tuple(t.name for t in model.tags),
+        trigger_words=tuple(trigger_words),
+        tags=tuple(tags),
         description=model.description,
         creator=model.creator,
         nsfw=model.nsfw,
         header_metadata=f.header_metadata if f is not None else None,
-        preview_path=f.preview_path if f is not None and f.status == "present" else None,
+        preview_path=f.preview_path if present else None,
     )
+
+
+def entry_of(version: Version) -> LoraEntry:
+    return _make_entry(version, version.model, primary_file(version),
+                       (t.word for t in version.trigger_words), (t.name for t in version.model.tags))
+
+
+def entries_by_id(session: Session, version_ids: Iterable[int]) -> dict[int, LoraEntry]:
+    """Entries by version id, read with plain Core selects.
+
+    The search needs ten entries per query; loading them as ORM objects with their relationships
+    (version_query) cost about 3 ms, a third of a search's budget, and these five selects about
+    half of that (benchmarks/results/registry_idle.md)."""
+    ids = list(dict.fromkeys(version_ids))
+    if not ids:
+        return {}
+    versions = session.execute(select(Version.__table__).where(Version.id.in_(ids))).all()
+    models = {m.id: m for m in session.execute(
+        select(LoraModel.__table__).where(LoraModel.id.in_({v.model_id for v in versions})))}  # fmt: skip
+    triggers: dict[int, list[str]] = {}
+    for vid, word in session.execute(select(TriggerWord.version_id, TriggerWord.word)
+                                     .where(TriggerWord.version_id.in_(ids)).order_by(TriggerWord.position)):  # fmt: skip
+        triggers.setdefault(vid, []).append(word)
+    tags: dict[int, list[str]] = {}
+    for mid, name in session.execute(select(model_tags.c.model_id, Tag.name).join(Tag, Tag.id == model_tags.c.tag_id)
+                                     .where(model_tags.c.model_id.in_(models))):  # fmt: skip
+        tags.setdefault(mid, []).append(name)
+    files: dict[int, list] = {}
+    for f in session.execute(select(LoraFile.__table__).where(LoraFile.version_id.in_(ids))):
+        files.setdefault(f.version_id, []).append(f)
+    return {v.id: _make_entry(v, models[v.model_id], min(files[v.id], key=_file_rank) if v.id in files else None,
+                              triggers.get(v.id, ()), tags.get(v.model_id, ()))
+            for v in versions}  # fmt: skip
 
 
 def _tag_key(name: str) -> str:

@@ -25,6 +25,7 @@ METHODS: dict[str, str] = {
     "loratorio": "composer.methods.loratorio:Loratorio",
     "grounded-loratorio": "composer.methods.grounded_loratorio:GroundedLoratorio",
     "regional": "composer.methods.regional:Regional",
+    "by-role": "composer.methods.by_role:ByRole",
 }
 NAMES: tuple[str, ...] = tuple(METHODS)
 DEFAULT = "loratorio"

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from registry.errors import NotFound
 from registry.models import LoraFile, LoraModel, Tag, Version, model_tags
-from registry.service import LoraEntry, entry_of, version_query
+from registry.service import LoraEntry, entries_by_id, entry_of, version_query
 
 FAMILIES = ("sd1", "sd2", "sdxl", "flux", "other")
 SEARCH_DEPTH = 200  # most search hits a filtered or paged search looks at
@@ -97,8 +97,8 @@ def list_entries(registry: Any, filters: Filters, limit: int, offset: int, name:
     with registry.session() as session:
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
         ids = list(session.scalars(stmt.order_by(Version.id).limit(limit).offset(offset)))
-        versions = {v.id: v for v in session.scalars(version_query().where(Version.id.in_(ids)))} if ids else {}
-        entries = [entry_of(versions[i]) for i in ids if i in versions]
+        found = entries_by_id(session, ids)
+        entries = [found[i] for i in ids if i in found]
     return Page(total, offset, limit, entries)
 
 

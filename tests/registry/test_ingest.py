@@ -247,3 +247,20 @@ def test_full_civitai_catalog(registry: Registry, shared: Path) -> None:
     stats = registry.stats()
     assert stats["index"]["vectors"] == len(ids) and stats["index"]["current"]
     assert stats["versions"] > 10_000 and stats["base_families"]["sd1"] > 9_000
+
+
+def test_batch_entries_match_the_orm_entries(registry: Registry, shared: Path) -> None:
+    """The search reads entries with plain selects (entries_by_id); every field must be what the ORM
+    path (entry_of) gives, on real records: many versions, pickles, archived, files present or not."""
+    from registry.service import entries_by_id, entry_of, version_query
+
+    registry.ingest(shared / "fixtures/civitai/api-records")
+    registry.ingest(shared / "fixtures/lora-files")
+    with registry.session() as s:
+        orm = {v.id: entry_of(v) for v in s.scalars(version_query())}
+        core = entries_by_id(s, list(orm) + [10**9])  # an id that does not exist is left out
+    assert len(orm) > 40 and set(core) == set(orm)
+    sort_tags = lambda e: e.to_dict() | {"tags": sorted(e.tags)}  # noqa: E731 (SQL gives tags in no set order)
+    assert [sort_tags(core[i]) for i in orm] == [sort_tags(e) for e in orm.values()]
+    assert any(e.file_path for e in core.values()) and any(e.file_status == "catalog" for e in core.values())
+    assert any(e.trigger_words for e in core.values()) and any(e.tags for e in core.values())
