@@ -358,7 +358,7 @@ def parse_grounding(text: str) -> dict:
         key, _, value = item.partition("=")
         if key == "steps":
             out[key] = tuple(int(v) for v in value.split("/"))
-        elif key in ("source", "prompts", "pool"):
+        elif key in ("source", "prompts", "pool", "branch_prompts"):
             out[key] = value
         elif key in ("attribute_radius", "finest"):
             out[key] = int(value)

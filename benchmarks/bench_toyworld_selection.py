@@ -1,7 +1,7 @@
 """Does retrieve + probe + prune pick exactly the LoRAs a prompt asks for, in a registry full of
 near-duplicates?
 
-    .venv/bin/python benchmarks/bench_toyworld_selection.py [--seeds 2] [--no-distractors]
+    .venv/bin/python benchmarks/bench_toyworld_selection.py [--seeds 2] [--first-seed 0] [--no-distractors]
 
 A fresh registry holds the ToyWorld dump (one LoRA per skill) and, unless --no-distractors, the
 24 distractors of `toyworld.distractors` (a weak and an inert copy of every skill, four mislabelled
@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 # name -> retrieval weight of combine_scores (None: SelectionParams' default); "agreement": the
-# phrase-wise probe (strength x agreement within the phrase, eligibility by match, inert by strength).
-SCORES = {"retrieval": 1.0, "probe": 0.0, "combined": None, "agreement": "agreement"}
+# phrase-wise probe (strength x agreement^power within the phrase, eligibility by match, inert by
+# strength) with SelectionParams' power; "agreement^1": the first rule, power 1.
+SCORES = {"retrieval": 1.0, "probe": 0.0, "combined": None, "agreement^1": "agreement^1", "agreement": "agreement"}
 PRUNING = ("global", "phrase")
 
 
@@ -66,12 +67,13 @@ def survivors(run: dict, w: float | str, pruning: str, sel) -> set[str]:
 
     keep_n = min(sel.MAX_KEEP, len(run["names"]))
     phrases = run["phrases"]
-    if w == "agreement":
+    if w in ("agreement", "agreement^1"):
         excluded = eligible(phrases, run["matches"], run["retrieval"], sel.min_semantic)
         phrases = [concept_of(p, m, tuple(t)) for p, m, t in zip(phrases, run["matches"], run["triggers"])]
         power = torch.tensor(run["strength"])
         active = [i not in excluded and float(power[i]) >= sel.inert for i in range(len(phrases))]
-        scores = phrase_scores(power, torch.tensor(run["agreement"]), phrases, active)
+        scores = phrase_scores(power, torch.tensor(run["agreement"]), phrases, active,
+                               1.0 if w == "agreement^1" else sel.agreement_power)
         keep = prune_by_phrase(scores, phrases, 1, strength=power, inert=sel.inert, excluded=excluded)[0][:keep_n]
         return {run["names"][i] for i in keep}
     scores = combine_scores(torch.tensor(run["probe"]), torch.tensor(run["retrieval"]), w)
@@ -85,6 +87,7 @@ def survivors(run: dict, w: float | str, pruning: str, sel) -> set[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds FIRST.. (e.g. 2: seeds a rule was not chosen on)")
     ap.add_argument("--no-distractors", action="store_true")
     ap.add_argument("--dump", type=Path, default=None, help="the skill LoRAs (default: the built-in dump)")
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
@@ -104,7 +107,7 @@ def main() -> None:
     for n in (1, 2, 3, 4):
         for i, skills in enumerate(task_skill_sets(n)):
             task = task_for(skills, np.random.default_rng([7, n, i]))
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
                 if s.probe is None:  # one loadable candidate: kept without a probe, whatever the strategy
                     scored = s.survivors
@@ -122,7 +125,8 @@ def main() -> None:
         print(f"N={n} done ({time.time() - t0:.0f}s)", flush=True)
     seconds = time.time() - t0
 
-    combos = [(name, pruning) for name in SCORES for pruning in PRUNING if (name, pruning) != ("agreement", "global")]
+    combos = [(name, pruning) for name in SCORES for pruning in PRUNING
+              if not (name.startswith("agreement") and pruning == "global")]
     table = {}
     for name, pruning in combos:
         w = sel.retrieval_weight if SCORES[name] is None else SCORES[name]
@@ -131,7 +135,8 @@ def main() -> None:
             table[(name, pruning, n)] = sum(survivors(r, w, pruning, sel) == set(r["wanted"]) for r in rs) / len(rs)
     # how often a distractor of each kind survived when it was a candidate: the old default
     # (combined scores, global pruning) against the new (agreement, by phrase)
-    versus = {"old": (sel.retrieval_weight, "global"), "new": ("agreement", "phrase")}
+    versus = {"old": (sel.retrieval_weight, "global"), "agreement^1": ("agreement^1", "phrase"),
+              "new": ("agreement", "phrase")}
     survived = {}
     for label, (w, pruning) in versus.items():
         for kind in sorted(set(kinds.values())):
@@ -149,14 +154,15 @@ def main() -> None:
                                                  f" and {len(kinds)} distractors (toyworld.distractors)")
     lines = ["# ToyWorld LoRA selection (retrieve + probe + prune)", "",
              f"`python benchmarks/bench_toyworld_selection.py --seeds {args.seeds}"
+             f"{f' --first-seed {args.first_seed}' if args.first_seed else ''}"
              f"{' --no-distractors' if args.no_distractors else ''}`: registry = {reg}; every skill set of SPEC "
-             f"with 1-4 skills x {args.seeds} seeds ({len(runs)} runs), K = {sel.candidates} candidates, "
+             f"with 1-4 skills x {args.seeds} seeds (from {args.first_seed}; {len(runs)} runs), K = {sel.candidates} candidates, "
              f"P = {sel.probe_steps} probe steps, {seconds:.0f} s. Exact = the survivors are exactly the task's "
              "skill LoRAs. Combined = retrieval weight "
              f"{sel.retrieval_weight}; global = the old default pruning (k = 4, threshold {sel.threshold}); "
              "phrase = each phrase keeps its best candidate; agreement = the phrase-wise probe (retrieval says which phrase "
-             "a candidate may serve; within the phrase, strength x agreement with the phrase's other candidates; "
-             "inert by strength): the new default.", "",
+             "a candidate may serve; within the phrase, strength x agreement^p with the phrase's other candidates; "
+             f"inert by strength): p = {sel.agreement_power:g}, the default; agreement^1: p = 1, the first rule.", "",
              "| scores | pruning | N=1 | N=2 | N=3 | N=4 | all |", "|---|---|---|---|---|---|---|"]
     for name, pruning in combos:
         vals = [table[(name, pruning, n)] for n in (1, 2, 3, 4)]
@@ -166,7 +172,8 @@ def main() -> None:
     lines += ["", f"The CLI's own selection (the same code path, not re-pruned offline): {cli_ok:.0%} exact.", ""]
     if kinds:
         lines += ["Distractors that survived when they were candidates: old = combined scores, global pruning; "
-                  "new = agreement, by phrase (the default):", "", "| kind | old | new |", "|---|---|---|"]
+                  "agreement^1 and new = agreement^p, by phrase (the default):", "",
+                  "| kind | " + " | ".join(versus) + " |", "|---|" + "---|" * len(versus)]
         for kind in sorted(set(kinds.values())):
             cells = []
             for label in versus:

@@ -256,7 +256,7 @@ class AutoComposer:
                 excluded = eligible([c.phrase for c in scored], [c.match for c in scored],
                                     [c.retrieval_score for c in scored], sel.min_semantic)
                 active = [i not in excluded and float(run.strength[i]) >= sel.inert for i in range(len(scored))]
-                ranking = phrase_scores(run.strength, run.agreement, phrases, active)
+                ranking = phrase_scores(run.strength, run.agreement, phrases, active, sel.agreement_power)
                 for c, v in zip(scored, ranking):
                     c.probe["phrase_score"] = float(v)
                 keep, dropped, unserved = prune_by_phrase(ranking, phrases, sel.per_phrase, strength=run.strength,

@@ -72,6 +72,8 @@ class SelectionParams:
     # A semantic-only match (no trigger or name typed) under this retrieval score asks for nothing:
     # on ToyWorld, "light/dark background" reach 0.14-0.33 with background LoRAs.
     min_semantic: float = 0.4
+    # Within a phrase: strength x agreement^this (composer.relevance.phrase_scores; 1 was the first rule).
+    agreement_power: float = 2.0
 
     MAX_KEEP = 4
 
@@ -85,6 +87,8 @@ class GroundingParams:
     source: str = "contrast"  # contrast | lora-contrast | attention | fixed (given masks)
     steps: tuple[int, ...] = (0, 2)  # the masks are measured on these steps' latents (running mean)
     prompts: str = "own"  # regional cross-attention reads each LoRA's own prompt ("own") or the whole one ("full")
+    # grounded-loratorio: each LoRA's branch runs on the whole prompt ("full") or on its own ("own")
+    branch_prompts: str = "full"
     sigma: float = 1.0  # smoothing of a saliency map, latent pixels
     lo: float = 0.25  # soft threshold of the normalised saliency: 0 below lo ...
     hi: float = 0.55  # ... 1 above hi

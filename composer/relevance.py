@@ -90,22 +90,29 @@ def agreement(deltas: torch.Tensor) -> torch.Tensor:
 
 
 def phrase_scores(power: torch.Tensor, agree: torch.Tensor, phrases: list[str | None],
-                  active: list[bool] | None = None) -> torch.Tensor:
+                  active: list[bool] | None = None, agreement_power: float = 2.0) -> torch.Tensor:
     """A candidate's probe score within its phrase: its strength times its mean agreement (clamped
-    at 0) with the phrase's other active candidates (``(N,)`` strength, ``(N, N)`` agreement).
+    at 0) with the phrase's other active candidates, raised to ``agreement_power`` (``(N,)``
+    strength, ``(N, N)`` agreement).
 
     Why: a phrase's candidates are alternatives for one concept. Near-duplicates (a weaker copy, a
     later version) change the image the same way, a mislabelled LoRA another way; so the candidate
     most in line with its peers is the likeliest to draw what the phrase names, and among those in
     line the strongest wins (a weak copy loses to the full one). Peers count equally, whatever
-    their strength (a weak copy still votes). A candidate without active peers keeps its strength."""
+    their strength (a weak copy still votes). A candidate without active peers keeps its strength.
+
+    Why the power: strengths of one phrase's candidates spread over a factor of 4-10 (a background
+    LoRA moves the prediction far more than an object LoRA), agreements over 0.3-0.7, so with a
+    plain product a strong mislabelled LoRA outvoted its peers. Squared agreement (the same ranking
+    as agreement x sqrt(strength)) halved the mislabelled survivors on ToyWorld and held on seeds it
+    was not chosen on (benchmarks/results/toyworld_selection.md)."""
     n = power.shape[0]
     active = [True] * n if active is None else active
     out = power.clone().float()
     for i in range(n):
         peers = [j for j in range(n) if j != i and active[j] and phrases[j] == phrases[i]]
         if peers:
-            out[i] = power[i] * agree[i, peers].float().clamp_min(0).mean()
+            out[i] = power[i] * agree[i, peers].float().clamp_min(0).mean() ** agreement_power
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from composer.denoiser import BASE
 from composer.grounding.grounder import FixedMasks
 from composer.methods.grounded import GroundedMixin
 from composer.methods.loratorio import Loratorio, loratorio_combine
@@ -25,8 +26,13 @@ class GroundedLoratorio(GroundedMixin, Loratorio):
         return cls(job.params, job.grounding, job.masks)
 
     def branches(self, ctx):
-        self._ground(ctx)
-        return super().branches(ctx)
+        grounder = self._ground(ctx)
+        if self.grounding.branch_prompts == "full":
+            return super().branches(ctx)
+        # Each LoRA on its own phrase and the shared context: an object LoRA no longer hears the
+        # background phrase it would otherwise draw inside its own region.
+        own = [ctx.branch(a.adapter, [a], p) for a, p in zip(ctx.loras, grounder.own_prompts())]
+        return [ctx.branch(BASE, None)] + own
 
     def hooks(self, ctx, denoiser):
         # Only the attention processor (the attention mask source records through it); the LoRA

@@ -275,6 +275,12 @@ def test_phrase_scores_prefer_the_candidate_its_peers_agree_with():
     scores = phrase_scores(power, agree, phrases, active)
     assert int(scores[:3].argmax()) == 0  # the strongest in line with its peers, not the strongest
     assert torch.equal(phrase_scores(power, agree, ["a", "b", "c", "d"]), power)  # alone in a phrase: its strength
+    # As measured on ToyWorld: a mislabelled LoRA 1.8x as strong, in line with no peer; by the plain
+    # product it wins, with agreement squared (the default) the LoRA its peers agree with does.
+    power = torch.tensor([1.0, 0.3, 1.8])
+    agree = torch.tensor([[1.0, 0.7, 0.3], [0.7, 1.0, 0.4], [0.3, 0.4, 1.0]])
+    assert int(phrase_scores(power, agree, ["kiki"] * 3, agreement_power=1.0).argmax()) == 2
+    assert int(phrase_scores(power, agree, ["kiki"] * 3).argmax()) == 0
     from composer.relevance import concept_of
 
     # Two halo phrases: every halo candidate competes once (keyed by the typed trigger), so one halo LoRA serves both.

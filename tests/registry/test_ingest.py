@@ -260,7 +260,7 @@ def test_batch_entries_match_the_orm_entries(registry: Registry, shared: Path) -
         orm = {v.id: entry_of(v) for v in s.scalars(version_query())}
         core = entries_by_id(s, list(orm) + [10**9])  # an id that does not exist is left out
     assert len(orm) > 40 and set(core) == set(orm)
-    sort_tags = lambda e: e.to_dict() | {"tags": sorted(e.tags)}  # noqa: E731 (SQL gives tags in no set order)
+    sort_tags = lambda e: e.to_dict() | {"tags": sorted(e.tags)}  # SQL gives tags in no set order
     assert [sort_tags(core[i]) for i in orm] == [sort_tags(e) for e in orm.values()]
     assert any(e.file_path for e in core.values()) and any(e.file_status == "catalog" for e in core.values())
     assert any(e.trigger_words for e in core.values()) and any(e.tags for e in core.values())
