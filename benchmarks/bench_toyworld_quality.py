@@ -243,6 +243,24 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
             v = [r["shown"][s] for r in rows if r["method"] == m and s in r["shown"]]
             cells.append(f"{np.mean(v):.0%}" if v else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    sources = sorted({r["source"] for r in rows if r.get("source")})
+    if len(sources) > 1:  # --report-from several runs: each run's own rates (e.g. seeds a rule was chosen on, and others)
+        by = rate_table(rows, lambda r: (r["method"], r.get("source"), r["n"]))
+        by_all = rate_table(rows, lambda r: (r["method"], r.get("source")))
+        seeds = {src: sorted({r["seed"] for r in rows if r.get("source") == src}) for src in sources}
+        lines += ["", "Each run on its own (N = 2, 3, 4, all; ± one standard error of the last):", "",
+                  "| method | " + " | ".join(f"{src} (seeds {seeds[src][0]}-{seeds[src][-1]})" for src in sources) + " |",
+                  "|---|" + "---|" * len(sources)]
+        for m in methods:
+            cells = []
+            for src in sources:
+                if (m, src) not in by_all:
+                    cells.append("")
+                    continue
+                p, k = by_all[(m, src)]
+                per_n = " / ".join(f"{by[(m, src, n)][0]:.0%}" for n in ns if (m, src, n) in by)
+                cells.append(f"{per_n} / **{p:.0%}** ± {100 * np.sqrt(p * (1 - p) / k):.0f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     pairs = rate_table([r for r in rows if r["n"] == 2], lambda r: (r["method"], _categories(r["skills"])))
     kinds = sorted({k for _, k in pairs})
     if kinds:
@@ -330,7 +348,9 @@ def main() -> None:
         print(explain(pipeline, tuple(args.explain.split(",")), args.out / "toyworld_grids"))
         return
     if args.report_from:
-        rows = [r for f in args.report_from.split(",") for r in json.loads(Path(f).read_text())]
+        wanted = set(args.methods.split(","))
+        rows = [{**r, "source": Path(f).stem} for f in args.report_from.split(",") for r in json.loads(Path(f).read_text())
+                if r["method"] in wanted]
         seconds = sum(r["seconds"] for r in rows) / max(1, args.workers)
         report = write_report(rows, args, seconds)
         print(report)
