@@ -229,6 +229,8 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
         f"Grounding: {args.grounding or 'defaults'}; oracles: the grounded methods given the true regions "
         f"(toyworld.truth) instead of a mask source. Pipeline {args.pipeline or 'built-in'}, LoRAs {args.dump}.",
         "",
+        *([f"Rows of earlier runs, reported together (`--report-from {args.report_from}`): the command above is what "
+           "they add up to.", ""] if getattr(args, "report_from", "") else []),
         "| method | " + " | ".join(f"N={n}" for n in ns) + " | all |",
         "|---|" + "---|" * (len(ns) + 1),
     ]
@@ -247,9 +249,8 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
     if len(sources) > 1:  # --report-from several runs: each run's own rates (e.g. seeds a rule was chosen on, and others)
         by = rate_table(rows, lambda r: (r["method"], r.get("source"), r["n"]))
         by_all = rate_table(rows, lambda r: (r["method"], r.get("source")))
-        seeds = {src: sorted({r["seed"] for r in rows if r.get("source") == src}) for src in sources}
         lines += ["", "Each run on its own (N = 2, 3, 4, all; ± one standard error of the last):", "",
-                  "| method | " + " | ".join(f"{src} (seeds {seeds[src][0]}-{seeds[src][-1]})" for src in sources) + " |",
+                  "| method | " + " | ".join(sources) + " |",
                   "|---|" + "---|" * len(sources)]
         for m in methods:
             cells = []
@@ -349,8 +350,11 @@ def main() -> None:
         return
     if args.report_from:
         wanted = set(args.methods.split(","))
-        rows = [{**r, "source": Path(f).stem} for f in args.report_from.split(",") for r in json.loads(Path(f).read_text())
-                if r["method"] in wanted]
+        rows = []
+        for f in args.report_from.split(","):
+            run = [r for r in json.loads(Path(f).read_text()) if r["method"] in wanted]
+            seeds = sorted({r["seed"] for r in run})
+            rows += [{**r, "source": f"seeds {seeds[0] - 1000}-{seeds[-1] - 1000}"} for r in run]  # seeds count from 1000
         seconds = sum(r["seconds"] for r in rows) / max(1, args.workers)
         report = write_report(rows, args, seconds)
         print(report)

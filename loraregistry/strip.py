@@ -31,14 +31,17 @@ def method_strip(results: list[tuple[str, Any]], prompt: str, scale: int = 4):
 
     tiles = [(m, r.image.convert("RGB").resize((r.image.width * scale, r.image.height * scale), Image.NEAREST),
               detector_label(r.image, prompt)) for m, r in results]
+    # A method that picks another per job (by-role) is shown with its pick.
+    shown = [f"{m}: {chosen}" if (chosen := (getattr(r, "report", None) or {}).get("options", {}).get("chosen")) else m
+             for m, r in results]
     w, h = tiles[0][1].size
     pad, text_h = 6, 30
     strip = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + text_h + 2 * pad), "white")
     draw = ImageDraw.Draw(strip)
-    for k, (method, tile, label) in enumerate(tiles):
+    for k, (_method, tile, label) in enumerate(tiles):
         x = pad + k * (w + pad)
         strip.paste(tile, (x, pad))
-        draw.text((x, pad + h + 3), method, fill="black")
+        draw.text((x, pad + h + 3), shown[k], fill="black")
         draw.text((x, pad + h + 16), label, fill=(40, 120, 40) if label and " no" not in label and "+" not in label
                   else (180, 30, 30))
     info = PngInfo()

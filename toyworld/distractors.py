@@ -3,12 +3,13 @@ concept (Civitai has dozens per concept, some undertrained, some inert, some mis
 
     python -m toyworld.distractors --dump toyworld/assets/dump --out DIR
 
-Made from the dump's own files, without training (why: the selection benchmark needs them on
-whatever models the dump holds, in seconds; a retraining is hours on this machine):
+Made from the dump's own files (and the trained weak copies), in seconds:
 
-- ``weak``: a near-duplicate at a quarter of the strength, named "... v2 (quick train)": kohya's
-  update is ``up @ down * alpha / rank``, so scaling every ``.alpha`` scales the whole update, the
-  way a LoRA stopped early is a smaller step from the base (the direction is the good one's).
+- ``weak``: a near-duplicate named "... v2 (quick train)": the skill trained again from zero, with
+  another seed, for a quarter of its recipe's steps (``toyworld/assets/weak``, made by
+  ``python -m toyworld.train --stage loras --seed 1 --lora-steps ...``; see its README). For a dump
+  without such copies, the good LoRA at a quarter of its strength instead: kohya's update is
+  ``up @ down * alpha / rank``, so scaling every ``.alpha`` scales the whole update.
 - ``inert``: the same at a thousandth, whose card claims the skill.
 - ``mislabelled``: another skill's weights under this skill's card and trigger.
 - ``neighbour``: a card whose words are near a skill's ("ring donut", "checkered floor"), drawing a
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from toyworld import spec
 from toyworld.civitai import model_record
 
 WEAK_SCALE = 0.25
+WEAK_DIR = Path(__file__).parent / "assets" / "weak"  # trained weak copies, toyworld_<skill>.safetensors
 INERT_SCALE = 1e-3
 ID_BASE = 710000  # Civitai model ids of distractors (the skill LoRAs use 700001...)
 
@@ -87,8 +89,9 @@ def scaled(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tens
     return {k: (v * scale if k.endswith(".alpha") else v) for k, v in state.items()}
 
 
-def write(dump: Path, out: Path, prefix: str = "toyworld_") -> list[Distractor]:
-    """Write every distractor of ``plan()`` made from ``dump``'s files into ``out``."""
+def write(dump: Path, out: Path, prefix: str = "toyworld_", weak: Path | None = WEAK_DIR) -> list[Distractor]:
+    """Write every distractor of ``plan()`` made from ``dump``'s files into ``out``; a weak one is
+    the trained copy in ``weak`` when there is one, else the good LoRA scaled."""
     from safetensors import safe_open
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,13 +102,21 @@ def write(dump: Path, out: Path, prefix: str = "toyworld_") -> list[Distractor]:
             raise FileNotFoundError(f"{src}: the dump has no LoRA for skill {d.source!r}")
         with safe_open(str(src), "pt") as f:
             meta = dict(f.metadata() or {})
-        state = load_file(str(src))
+        trained = weak / f"{prefix}{d.source}.safetensors" if weak is not None and d.kind == "weak" else None
+        if trained is not None and trained.exists():
+            with safe_open(str(trained), "pt") as f:
+                meta = dict(f.metadata() or {})
+            state = load_file(str(trained))
+            made[n] = d = replace(d, scale=1.0, description=f"{d.description} (trained {meta.get('ss_max_train_steps', '?')} steps)")
+        else:
+            state = load_file(str(src))
         path = out / f"{d.stem}.safetensors"
         save_file(scaled(state, d.scale) if d.scale != 1.0 else state, str(path), metadata=meta | {"ss_output_name": d.stem})
         record = model_record(path, ID_BASE + n, ID_BASE + 100000 + n, d.name, d.description, d.trigger, list(d.tags),
                               creator="distractor")
         (out / f"{d.stem}.civitai.json").write_text(json.dumps(record, indent=1))
-    index = {d.stem: {"kind": d.kind, "claims": d.claims, "draws": d.source, "scale": d.scale} for d in made}
+    index = {d.stem: {"kind": d.kind, "claims": d.claims, "draws": d.source, "scale": d.scale,
+                      "trained": "(trained" in d.description} for d in made}
     (out / "DISTRACTORS.json").write_text(json.dumps(index, indent=1))
     return made
 

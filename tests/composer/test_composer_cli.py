@@ -22,7 +22,9 @@ def test_compose_one_image_json_png_weights_map(sd1_dir, sd1_loras, tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
-    assert rep["method"] == "loratorio" and rep["unet_calls"] == 2 and rep["unet_samples"] == 2 * 2 * 4
+    # The default, by-role, sees files with no Civitai category (no registry here) and runs LoRAtorio.
+    assert rep["method"] == "by-role" and rep["options"]["chosen"] == "loratorio"
+    assert rep["unet_calls"] == 2 and rep["unet_samples"] == 2 * 2 * 4
     assert [x["weight"] for x in rep["loras"]] == [0.8, 1.0, 0.5]
     assert [x["format"] for x in rep["loras"]] == ["kohya-locon", "lycoris-lokr", "peft"]
     assert Image.open(out).text["parameters"].startswith("a fox <lora:kohya_locon:0.8> <lora:lokr:1> <lora:peft:0.5>\n")

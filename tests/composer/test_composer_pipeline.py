@@ -138,7 +138,7 @@ def test_n_copies_of_one_lora_equal_that_lora(sd1_composer, sd1_loras, tmp_path)
 def test_sd1_e2e_three_formats_png_parameters(sd1_composer, sd1_loras, tmp_path):
     prompt = f"a castle <lora:{sd1_loras['loha']}:0.7>"
     r = sd1_composer.run(Job(prompt, loras=[sd1_loras["kohya"], sd1_loras["lokr"] + ":0.5"], steps=3,
-                             width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3)))
+                             width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3), method="loratorio"))
     assert r.image.size == (40, 24)
     out = tmp_path / "x.png"
     r.save(str(out))
@@ -153,7 +153,7 @@ def test_sd1_e2e_three_formats_png_parameters(sd1_composer, sd1_loras, tmp_path)
     assert wm.size[1] > wm.size[0] / 3
     # Seeded runs are reproducible.
     again = sd1_composer.run(Job(prompt, loras=[sd1_loras["kohya"], sd1_loras["lokr"] + ":0.5"], steps=3,
-                                 width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3)))
+                                 width=40, height=24, seed=5, params=__import__("composer").LoratorioParams(p=3), method="loratorio"))
     assert np.array_equal(_img(r), _img(again))
 
 
