@@ -282,3 +282,39 @@ def test_fixed_masks_replace_the_source(sd1_composer, sd1_loras):
                              width=32, height=32, masks=masks))
     assert r.report["options"]["grounding"]["source"] == "fixed" and r.report["unet_samples"] == 2 * 2
     assert torch.equal(r.weights[0], masks[:, 0])
+
+
+def test_grounded_loratorio_branches_on_their_own_prompts(sd1_composer, sd1_loras, monkeypatch):
+    """branch_prompts="own": each LoRA's branch hears its own phrase and the shared context only."""
+    from composer.denoiser import BASE
+    from composer.methods.base import MethodContext
+    from composer.methods.grounded_loratorio import GroundedLoratorio
+
+    prompt = "a cat on the left, a dog on the right"
+    loras = [sd1_loras["kohya"] + "@a cat on the left", sd1_loras["peft"] + "@a dog on the right"]
+    kw = dict(loras=loras, method="grounded-loratorio", steps=2, width=32, height=32, seed=2)
+    calls: list = []
+    recording = []
+    branches, ctx_branch = GroundedLoratorio.branches, MethodContext.branch
+
+    def method_branches(self, ctx):  # what the method's own branches ask for (not the mask source's)
+        calls.append([])
+        recording.append(True)
+        try:
+            return branches(self, ctx)
+        finally:
+            recording.clear()
+
+    def record(self, adapter, active, prompt=None):
+        if recording:
+            calls[-1].append((adapter, self.prompt if prompt is None else prompt))
+        return ctx_branch(self, adapter, active, prompt)
+
+    monkeypatch.setattr(GroundedLoratorio, "branches", method_branches)
+    monkeypatch.setattr(MethodContext, "branch", record)
+    full = sd1_composer.run(Job(prompt, grounding=GroundingParams(steps=(0,)), **kw))
+    own = sd1_composer.run(Job(prompt, grounding=GroundingParams(steps=(0,), branch_prompts="own"), **kw))
+    assert [p for _, p in calls[0]] == [prompt] * 3 and calls[0][0][0] == BASE
+    assert calls[1] == [(calls[0][1][0], "a cat on the left"), (calls[0][2][0], "a dog on the right"), (BASE, prompt)]
+    assert own.report["unet_samples"] == full.report["unet_samples"]
+    assert not np.array_equal(np.asarray(own.image), np.asarray(full.image))

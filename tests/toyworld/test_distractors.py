@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from toyworld import distractors as dis
@@ -35,8 +36,26 @@ def test_every_kind_is_written_with_its_sidecar(made):
             assert d.source != d.claims  # ...that the weights do not draw
 
 
-def test_weights_are_scaled_through_alpha_only(made):
+def test_weak_copies_are_the_trained_ones(made):
+    """The weak near-duplicates are LoRAs of their own, trained for a fraction of the steps from
+    another seed (toyworld/assets/weak), not rescaled copies of the good one."""
     out, plan = made
+    index = json.loads((out / "DISTRACTORS.json").read_text())
+    weak = [d for d in plan if d.kind == "weak"]
+    assert len(weak) == 8 and all(index[d.stem]["trained"] for d in weak)
+    for d in weak:
+        trained = load_file(str(dis.WEAK_DIR / f"toyworld_{d.source}.safetensors"))
+        written = load_file(str(out / f"{d.stem}.safetensors"))
+        assert trained.keys() == written.keys() and all(torch.equal(trained[k], written[k]) for k in trained)
+        good = load_file(str(DUMP / f"toyworld_{d.source}.safetensors"))
+        up = next(k for k in good if k.endswith("lora_up.weight"))
+        assert not torch.allclose(good[up], trained[up], atol=1e-3)  # its own weights
+
+
+def test_weights_are_scaled_through_alpha_only(tmp_path):
+    """Without trained copies (a dump of one's own), a weak copy is the good LoRA at a quarter."""
+    plan = dis.write(DUMP, tmp_path, weak=None)
+    out = tmp_path
     weak = next(d for d in plan if d.kind == "weak")
     a, b = load_file(str(DUMP / f"toyworld_{weak.source}.safetensors")), load_file(str(out / f"{weak.stem}.safetensors"))
     assert a.keys() == b.keys()
