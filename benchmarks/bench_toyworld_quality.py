@@ -329,6 +329,11 @@ def main() -> None:
     ap.add_argument("--name", default="toyworld_quality", help="results file stem")
     ap.add_argument("--report-from", default="", metavar="A.json,B.json",
                     help="no new images: one report (and grids) from the rows of earlier runs (e.g. one run per method)")
+    ap.add_argument("--grounding-grid", default="", metavar="CFG;CFG;...",
+                    help="grounded-loratorio under each --grounding setting (e.g. 'steps=0/2;steps=0/4;lo=0.15,hi=0.45'): "
+                         "success and mask IoU per setting, written to toyworld_grounding.md")
+    ap.add_argument("--only", default="", metavar="CATEGORIES;...",
+                    help="only tasks of these category sets, as the per-category table names them (e.g. 'background + character')")
     ap.add_argument("--sweep", action="store_true", help="LoRAtorio over a grid of p, tau, lambda on N = 2 and 3")
     ap.add_argument("--resume", action="store_true", help="--sweep: keep the stages already in toyworld_sweep.json")
     ap.add_argument("--explain", default=None, metavar="SKILL,SKILL",
@@ -361,6 +366,10 @@ def main() -> None:
         (args.out / f"{args.name}.md").write_text(report)
         return
     tasks = build_tasks(args.seeds, args.sets_per_n, ns=tuple(int(n) for n in args.ns.split(",")), first_seed=args.first_seed)
+    if args.only:
+        tasks = [t for t in tasks if _categories(t["skills"]) in args.only.split(";")]
+    if args.grounding_grid:
+        return grounding_grid(args, pipeline, tasks)
     params = {"p": args.p, "tau": args.tau, "lam": args.lam}
     jobs = [(m, i, params) for m in args.methods.split(",") for i in range(len(tasks))]
     rows = run_all(jobs, tasks, pipeline, args.workers, grid_every=args.seeds, dump=args.dump,
@@ -448,6 +457,41 @@ def _score(rows: list[dict]) -> float:
     Success alone moves by one or two images between settings at these rates; the skills shown
     count every named skill of every image."""
     return sum(_rates(rows))
+
+
+def grounding_grid(args, pipeline: str, tasks: list[dict]) -> None:
+    """grounded-loratorio (and its oracle, once) under each grounding setting of --grounding-grid,
+    on the same tasks and seeds: success per category set and mask IoU per category."""
+    params = {"p": args.p, "tau": args.tau, "lam": args.lam}
+    t0 = time.time()
+    results = [("true regions (oracle)", run_all([("oracle-grounded-loratorio", i, params) for i in range(len(tasks))],
+                                                 tasks, pipeline, args.workers, grid_every=10**9, dump=args.dump))]
+    for cfg in args.grounding_grid.split(";"):
+        jobs = [("grounded-loratorio", i, params) for i in range(len(tasks))]
+        results.append((cfg or "defaults", run_all(jobs, tasks, pipeline, args.workers, grid_every=10**9, dump=args.dump,
+                                                   grounding=parse_grounding(cfg))))
+    kinds = sorted({_categories(t["skills"]) for t in tasks})
+    roles = sorted({_categories([s]) for t in tasks for s in t["skills"]})
+    lines = ["# Grounding settings on ToyWorld (grounded-loratorio)", "",
+             f"`python benchmarks/bench_toyworld_quality.py --grounding-grid '{args.grounding_grid}' --seeds {args.seeds}"
+             f"{f' --first-seed {args.first_seed}' if args.first_seed else ''} --ns {args.ns}"
+             f"{f' --only {chr(39)}{args.only}{chr(39)}' if args.only else ''}`: {len(tasks)} tasks, "
+             f"{sum(len(r) for _, r in results)} images, {(time.time() - t0) / 60:.1f} min. Success (successes / tasks) "
+             "per category set; mask IoU (mask > 0.5 against the true region, last step) per category.", "",
+             "| grounding | " + " | ".join(kinds) + " | all | " + " | ".join(f"IoU {r}" for r in roles) + " |",
+             "|---|" + "---|" * (len(kinds) + 1 + len(roles))]
+    for label, rows in results:
+        cells = [f"{sum(r['success'] for r in rows if _categories(r['skills']) == k)}/"
+                 f"{sum(_categories(r['skills']) == k for r in rows)}" for k in kinds]
+        ious = []
+        for role in roles:
+            v = [x for r in rows if r.get("mask_iou") for s, x in r["mask_iou"].items() if _categories([s]) == role]
+            ious.append(f"{np.mean(v):.2f}" if v and not label.startswith("true") else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean([r['success'] for r in rows]):.0%} | "
+                     + " | ".join(ious) + " |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    (args.out / "toyworld_grounding.md").write_text(report)
 
 
 def sweep(args, pipeline: str) -> None:
