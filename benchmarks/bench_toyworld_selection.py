@@ -84,23 +84,11 @@ def survivors(run: dict, w: float | str, pruning: str, sel) -> set[str]:
     return {run["names"][i] for i in keep}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--first-seed", type=int, default=0, help="seeds FIRST.. (e.g. 2: seeds a rule was not chosen on)")
-    ap.add_argument("--no-distractors", action="store_true")
-    ap.add_argument("--dump", type=Path, default=None, help="the skill LoRAs (default: the built-in dump)")
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
-    ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_selection")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
-
-    from composer.params import SelectionParams
+def probe_runs(args, sel) -> tuple[list[dict], dict[str, str], float]:
+    """Retrieve and probe every task once; what each strategy prunes is decided offline from these."""
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
     from toyworld.captions import task_for, task_skill_sets
 
-    sel = SelectionParams()
     ac, kinds = setup(not args.no_distractors, args.dump)
     runs = []
     t0 = time.time()
@@ -123,8 +111,40 @@ def main() -> None:
                              "matches": [c.match for c in scored], "triggers": [list(c.trigger_words) for c in scored],
                              "cli": sorted(Path(c.path).stem for c in s.survivors)})
         print(f"N={n} done ({time.time() - t0:.0f}s)", flush=True)
-    seconds = time.time() - t0
+    return runs, kinds, time.time() - t0
 
+
+def drawn_skills(names: set[str]) -> list[str]:
+    """What the LoRAs named draw, sorted ("nothing" for an inert one): a skill LoRA its skill, a
+    distractor the skill whose weights it carries (toyworld.distractors.plan)."""
+    from toyworld import distractors as dis
+
+    draws = {d.stem: (None if d.kind == "inert" else d.source) for d in dis.plan()}
+    return sorted((n.removeprefix("toyworld_") if n.startswith("toyworld_") else draws.get(n)) or "nothing"
+                  for n in names)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds FIRST.. (e.g. 2: seeds a rule was not chosen on)")
+    ap.add_argument("--no-distractors", action="store_true")
+    ap.add_argument("--dump", type=Path, default=None, help="the skill LoRAs (default: the built-in dump)")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_selection")
+    ap.add_argument("--report-only", action="store_true", help="no probes: redo the report from the .json beside --out")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    from composer.params import SelectionParams
+
+    sel = SelectionParams()
+    if args.report_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        runs, kinds, seconds = saved["runs"], saved["kinds"], saved.get("seconds", float("nan"))
+    else:
+        runs, kinds, seconds = probe_runs(args, sel)
     combos = [(name, pruning) for name in SCORES for pruning in PRUNING
               if not (name.startswith("agreement") and pruning == "global")]
     table = {}
@@ -133,6 +153,9 @@ def main() -> None:
         for n in (1, 2, 3, 4):
             rs = [r for r in runs if r["n"] == n]
             table[(name, pruning, n)] = sum(survivors(r, w, pruning, sel) == set(r["wanted"]) for r in rs) / len(rs)
+            # right skills: every survivor draws a skill the task names, one per skill (a weak copy counts)
+            table[(name, pruning, n, "skills")] = sum(drawn_skills(survivors(r, w, pruning, sel)) == drawn_skills(set(r["wanted"]))
+                                                      for r in rs) / len(rs)
     # how often a distractor of each kind survived when it was a candidate: the old default
     # (combined scores, global pruning) against the new (agreement, by phrase)
     versus = {"old": (sel.retrieval_weight, "global"), "agreement^1": ("agreement^1", "phrase"),
@@ -151,7 +174,8 @@ def main() -> None:
     cli_ok = sum(set(r["cli"]) == set(r["wanted"]) for r in runs) / len(runs)
 
     reg = "the ToyWorld dump (8 skill LoRAs)" + ("" if args.no_distractors else
-                                                 f" and {len(kinds)} distractors (toyworld.distractors)")
+                                                 f" and {len(kinds)} distractors (toyworld.distractors; the weak ones "
+                                                 "trained for a quarter of the steps, toyworld/assets/weak)")
     lines = ["# ToyWorld LoRA selection (retrieve + probe + prune)", "",
              f"`python benchmarks/bench_toyworld_selection.py --seeds {args.seeds}"
              f"{f' --first-seed {args.first_seed}' if args.first_seed else ''}"
@@ -164,9 +188,16 @@ def main() -> None:
              "a candidate may serve; within the phrase, strength x agreement^p with the phrase's other candidates; "
              f"inert by strength): p = {sel.agreement_power:g}, the default; agreement^1: p = 1, the first rule.", "",
              "| scores | pruning | N=1 | N=2 | N=3 | N=4 | all |", "|---|---|---|---|---|---|---|"]
+    counts = [sum(r["n"] == n for r in runs) for n in (1, 2, 3, 4)]
     for name, pruning in combos:
         vals = [table[(name, pruning, n)] for n in (1, 2, 3, 4)]
-        counts = [sum(r["n"] == n for r in runs) for n in (1, 2, 3, 4)]
+        avg = sum(v * c for v, c in zip(vals, counts)) / sum(counts)
+        lines.append(f"| {name} | {pruning} | " + " | ".join(f"{v:.0%}" for v in vals) + f" | {avg:.0%} |")
+    lines += ["", "Right skills: every survivor draws a skill the task names, one LoRA per skill, whether the good "
+              "LoRA or a near-duplicate that draws the same skill (a weak copy); an inert or mislabelled survivor "
+              "is wrong:", "", "| scores | pruning | N=1 | N=2 | N=3 | N=4 | all |", "|---|---|---|---|---|---|---|"]
+    for name, pruning in combos:
+        vals = [table[(name, pruning, n, "skills")] for n in (1, 2, 3, 4)]
         avg = sum(v * c for v, c in zip(vals, counts)) / sum(counts)
         lines.append(f"| {name} | {pruning} | " + " | ".join(f"{v:.0%}" for v in vals) + f" | {avg:.0%} |")
     lines += ["", f"The CLI's own selection (the same code path, not re-pruned offline): {cli_ok:.0%} exact.", ""]
@@ -183,7 +214,8 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     args.out.with_suffix(".md").write_text(report)
-    args.out.with_suffix(".json").write_text(json.dumps({"runs": runs, "kinds": kinds}))
+    if not args.report_only:
+        args.out.with_suffix(".json").write_text(json.dumps({"runs": runs, "kinds": kinds, "seconds": seconds}))
 
 
 if __name__ == "__main__":
