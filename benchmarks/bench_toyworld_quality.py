@@ -328,7 +328,7 @@ def main() -> None:
     ap.add_argument("--grounding", default="", help="GroundingParams as key=value,... (e.g. source=attention,prompts=full)")
     ap.add_argument("--name", default="toyworld_quality", help="results file stem")
     ap.add_argument("--report-from", default="", metavar="A.json,B.json",
-                    help="no new images: one report (and grids) from the rows of earlier runs (e.g. one run per method)")
+                    help="no new images: one report from the rows of earlier runs (FILE@m1+m2: only those methods of FILE)")
     ap.add_argument("--grounding-grid", default="", metavar="CFG;CFG;...",
                     help="grounded-loratorio under each --grounding setting (e.g. 'steps=0/2;steps=0/4;lo=0.15,hi=0.45'): "
                          "success and mask IoU per setting, written to toyworld_grounding.md")
@@ -356,8 +356,10 @@ def main() -> None:
     if args.report_from:
         wanted = set(args.methods.split(","))
         rows = []
-        for f in args.report_from.split(","):
-            run = [r for r in json.loads(Path(f).read_text()) if r["method"] in wanted]
+        for item in args.report_from.split(","):
+            f, _, only = item.partition("@")  # FILE@m1+m2: only those methods' rows of that file
+            keep = set(only.split("+")) if only else wanted
+            run = [r for r in json.loads(Path(f).read_text()) if r["method"] in wanted & keep]
             seeds = sorted({r["seed"] for r in run})
             rows += [{**r, "source": f"seeds {seeds[0] - 1000}-{seeds[-1] - 1000}"} for r in run]  # seeds count from 1000
         seconds = sum(r["seconds"] for r in rows) / max(1, args.workers)
