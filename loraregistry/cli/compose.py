@@ -207,7 +207,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     elif not batch_file:
         rep = reports[0]
         loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"]) or "none"
-        click.echo(f"{rep['out']}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {rep['seed']}, LoRAs {loras_txt}, "
+        click.echo(f"{rep['out']}: {rep['model']}, {method_label(rep)}, {rep['steps']} steps, seed {rep['seed']}, LoRAs {loras_txt}, "
                    f"{rep['unet_calls']} UNet calls, {rep['seconds']:.1f}s")
     if batch_file and any("error" in r for r in reports):
         raise click.ClickException(f"{sum('error' in r for r in reports)} of {len(reports)} jobs failed")
@@ -372,7 +372,7 @@ def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any],
         return
     sel = rep["selection"]
     loras_txt = ", ".join(f"{x['name']}:{x['weight']:g}" for x in rep["loras"])
-    click.echo(f"{path}: {rep['model']}, {rep['method']}, {rep['steps']} steps, seed {gen.seed}, LoRAs {loras_txt} "
+    click.echo(f"{path}: {rep['model']}, {method_label(rep)}, {rep['steps']} steps, seed {gen.seed}, LoRAs {loras_txt} "
                f"(kept {len(sel['survivors'])} of {len(sel['candidates'])} candidates after a "
                f"{sel['probe']['steps'] if sel['probe'] else 0}-step probe), {rep['unet_calls_total']} UNet calls, "
                f"{rep['seconds']:.1f}s")
@@ -380,6 +380,12 @@ def _auto(cli_ctx: CliContext, prompt: str, model: str, runtime: dict[str, Any],
         click.echo(f"  dropped {d['name']}: {d['reason']}")
     for p in sel.get("unserved_phrases") or []:
         click.echo(f"  no LoRA kept for {p!r}: the base model draws it")
+
+
+def method_label(rep: dict) -> str:
+    """The method of a report, with the one it picked ("by-role: loratorio")."""
+    chosen = (rep.get("options") or {}).get("chosen")
+    return f"{rep['method']}: {chosen}" if chosen else rep["method"]
 
 
 COMMANDS = [compose]
