@@ -20,6 +20,7 @@ often one survived when it was a candidate. Writes benchmarks/results/toyworld_s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -114,12 +115,17 @@ def probe_runs(args, sel) -> tuple[list[dict], dict[str, str], float]:
     return runs, kinds, time.time() - t0
 
 
+@functools.cache
+def _distractor_draws() -> dict[str, str | None]:
+    from toyworld import distractors as dis
+
+    return {d.stem: (None if d.kind == "inert" else d.source) for d in dis.plan()}
+
+
 def drawn_skills(names: set[str]) -> list[str]:
     """What the LoRAs named draw, sorted ("nothing" for an inert one): a skill LoRA its skill, a
     distractor the skill whose weights it carries (toyworld.distractors.plan)."""
-    from toyworld import distractors as dis
-
-    draws = {d.stem: (None if d.kind == "inert" else d.source) for d in dis.plan()}
+    draws = _distractor_draws()
     return sorted((n.removeprefix("toyworld_") if n.startswith("toyworld_") else draws.get(n)) or "nothing"
                   for n in names)
 

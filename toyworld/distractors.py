@@ -49,6 +49,7 @@ class Distractor:
     trigger: str
     tags: tuple[str, ...]
     description: str
+    trained_steps: int | None = None  # a weak copy trained on its own (toyworld/assets/weak), not scaled
 
 
 def _neighbours() -> list[Distractor]:
@@ -107,7 +108,9 @@ def write(dump: Path, out: Path, prefix: str = "toyworld_", weak: Path | None = 
             with safe_open(str(trained), "pt") as f:
                 meta = dict(f.metadata() or {})
             state = load_file(str(trained))
-            made[n] = d = replace(d, scale=1.0, description=f"{d.description} (trained {meta.get('ss_max_train_steps', '?')} steps)")
+            steps = int(meta.get("ss_max_train_steps") or 0) or None
+            made[n] = d = replace(d, scale=1.0, trained_steps=steps,
+                                  description=f"{d.description} (trained {steps or '?'} steps)")
         else:
             state = load_file(str(src))
         path = out / f"{d.stem}.safetensors"
@@ -116,7 +119,7 @@ def write(dump: Path, out: Path, prefix: str = "toyworld_", weak: Path | None = 
                               creator="distractor")
         (out / f"{d.stem}.civitai.json").write_text(json.dumps(record, indent=1))
     index = {d.stem: {"kind": d.kind, "claims": d.claims, "draws": d.source, "scale": d.scale,
-                      "trained": "(trained" in d.description} for d in made}
+                      "trained_steps": d.trained_steps} for d in made}
     (out / "DISTRACTORS.json").write_text(json.dumps(index, indent=1))
     return made
 

@@ -34,7 +34,7 @@ class ByRole(Method):
     grounding: GroundingParams = field(default_factory=GroundingParams)
     fixed: FixedMasks | None = None
     name = "by-role"
-    chosen: Method | None = None
+    chosen: Method | None = field(default=None, init=False)  # set by ``branches``
 
     @classmethod
     def from_job(cls, job: Any) -> "ByRole":

@@ -42,7 +42,7 @@ def test_weak_copies_are_the_trained_ones(made):
     out, plan = made
     index = json.loads((out / "DISTRACTORS.json").read_text())
     weak = [d for d in plan if d.kind == "weak"]
-    assert len(weak) == 8 and all(index[d.stem]["trained"] for d in weak)
+    assert len(weak) == 8 and all(index[d.stem]["trained_steps"] == d.trained_steps > 0 for d in weak)
     for d in weak:
         trained = load_file(str(dis.WEAK_DIR / f"toyworld_{d.source}.safetensors"))
         written = load_file(str(out / f"{d.stem}.safetensors"))
