@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "toyworld" / "assets"
 METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic", "grounded-loratorio", "regional",
-           "by-role", "oracle-grounded-loratorio", "oracle-regional")
+           "fusion", "by-role", "oracle-grounded-loratorio", "oracle-regional", "oracle-fusion")
 # The oracles are grounded methods handed the true regions (toyworld.truth) instead of a mask source.
-ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional"}
+ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional", "oracle-fusion": "fusion"}
 
 
 def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True,
@@ -395,7 +395,7 @@ def parse_grounding(text: str) -> dict:
             out[key] = tuple(int(v) for v in value.split("/"))
         elif key in ("source", "prompts", "pool", "branch_prompts"):
             out[key] = value
-        elif key in ("attribute_radius", "finest"):
+        elif key in ("attribute_radius", "finest", "fuse_at"):
             out[key] = int(value)
         else:
             out[key] = float(value)

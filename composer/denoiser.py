@@ -131,6 +131,9 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.record = record
         self.stacked = stacked
         self.outputs: list[torch.Tensor] = []
+        # Per active branch, the latents it runs on instead of the pipeline's (None: the pipeline's);
+        # a method that keeps trajectories of its own (composer.methods.fusion) sets it between steps.
+        self.branch_samples: list[torch.Tensor | None] | None = None
         self.callback = callback
         self.prepare = prepare
         # The stacked forward stays installed from one UNet call to the next while the per-sample
@@ -215,9 +218,10 @@ class MultiLoraDenoiser(torch.nn.Module):
         entries = [(kind, i) for i in range(len(branches)) for kind in ("uncond", "cond")
                    if kind in halves_by_kind and (kind == "cond" or i < n_u)]
         xs, ehs, pooled, tids, adapters = [], [], [], [], []
+        own = self.branch_samples
         for kind, i in entries:
             br = branches[i]
-            xs.append(halves_by_kind[kind])
+            xs.append(own[i] if own is not None and own[i] is not None else halves_by_kind[kind])
             ehs.append(br.cond if kind == "cond" else br.uncond)
             pooled.append(br.pooled_cond if kind == "cond" else br.pooled_uncond)
             if time_ids is not None:

@@ -26,6 +26,7 @@ METHODS: dict[str, str] = {
     "grounded-loratorio": "composer.methods.grounded_loratorio:GroundedLoratorio",
     "regional": "composer.methods.regional:Regional",
     "by-role": "composer.methods.by_role:ByRole",
+    "fusion": "composer.methods.fusion:Fusion",
 }
 NAMES: tuple[str, ...] = tuple(METHODS)
 DEFAULT = "by-role"  # measured best: benchmarks/results/toyworld_quality_by_role.md

@@ -1,12 +1,13 @@
 """One of the other methods, chosen per job by the roles of its LoRAs (ours).
 
-The methods fail in different places (``benchmarks/results/toyworld_quality.md``, per category):
-two objects need grounding (LoRAtorio's SoftMin hands one object's patches to the other; merged,
-they blur into one), an object with an attribute of its own (a halo, clothing) composes best
-merged (grounding cuts the attribute off at the object's edge), and a background or a style
-beside anything else composes best under LoRAtorio, which is also the paper's method. The rule
-was read off seeds 0-3 of the quality benchmark and checked on seeds 4-7, which it never saw
-(``toyworld_quality_by_role.md``).
+The methods fail in different places (``benchmarks/results/toyworld_quality*.md``, per category):
+an object LoRA beside other LoRAs draws its object best on a latent of its own, pasted in
+(``fusion``: LoRAtorio's SoftMin hands its patches to a background, and even held to its own region
+it fails on a background it never saw); an object with an attribute of its own (a halo, clothing)
+composes best merged (grounding cuts the attribute off at the object's edge); and a background or a
+style beside anything else but an object composes best under LoRAtorio, which is also the paper's
+method. The rule was read off seeds 0-3 of the quality benchmark and checked on seeds 4-7, which
+it never saw (``toyworld_quality_by_role.md``, ``toyworld_quality_fusion.md``).
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from composer.params import GroundingParams, LoratorioParams
 def method_for_roles(roles: list[str]) -> str:
     """The method name for LoRAs of these roles (``composer.grounding.roles.ROLES``)."""
     if roles.count("object") >= 2:
-        return "grounded-loratorio"
+        return "fusion"
     if "object" in roles and "attribute" in roles:
         return "merge"
+    if "object" in roles and len(roles) > 1:
+        return "fusion"
     return "loratorio"
 
 
@@ -41,12 +44,12 @@ class ByRole(Method):
         return cls(job.params, job.grounding, job.masks)
 
     def branches(self, ctx: MethodContext):
-        from composer.methods.grounded_loratorio import GroundedLoratorio
+        from composer.methods.fusion import Fusion
         from composer.methods.loratorio import Loratorio
         from composer.methods.single import Merge
 
         choice = method_for_roles([role_of(a.tags) for a in ctx.loras])
-        self.chosen = {"grounded-loratorio": lambda: GroundedLoratorio(self.params, self.grounding, self.fixed),
+        self.chosen = {"fusion": lambda: Fusion(self.params, self.grounding, self.fixed),
                        "merge": Merge, "loratorio": lambda: Loratorio(self.params)}[choice]()  # fmt: skip
         return self.chosen.branches(ctx)
 

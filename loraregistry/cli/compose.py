@@ -88,6 +88,8 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="Grounded methods: the steps whose latents the masks are measured on.")
 @click.option("--region-prompts", type=click.Choice(["own", "full"]), default=_GR.prompts, show_default=True,
               help="regional: each LoRA's region reads its own phrase and the shared context (own) or the whole prompt.")
+@click.option("--fuse-at", type=click.IntRange(0), default=_GR.fuse_at, show_default=True,
+              help="fusion: the steps each object LoRA draws on a latent of its own before its region is pasted.")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
@@ -170,7 +172,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
         steps_g = tuple(int(x) for x in opts.pop("grounding_steps").split(",") if x.strip())
     except ValueError as exc:
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
-    grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"))
+    grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
+                                fuse_at=opts.pop("fuse_at"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -189,7 +192,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
         if batch_file:
             defaults = {"method": method, "switch_every": switch_every, "p": params.p, "tau": params.tau, "lam": params.lam,
                         "k": params.k, "grounding": grounding.source, "grounding_steps": list(grounding.steps),
-                        "region_prompts": grounding.prompts,
+                        "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)
@@ -231,7 +234,7 @@ def _submit_batch(queue_url: str, batch_file: str, out: str, results_dir: str | 
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     defaults = {"method": opts["method"], "switch_every": opts["switch_every"], "p": opts["p"], "tau": opts["tau"], "lam": opts["lam"],
                 "k": opts["k"], "grounding": opts["grounding_source"], "grounding_steps": grounding_steps,
-                "region_prompts": opts["region_prompts"], "seed": opts["seed"], "negative_prompt": opts["negative_prompt"],
+                "region_prompts": opts["region_prompts"], "fuse_at": opts["fuse_at"], "seed": opts["seed"], "negative_prompt": opts["negative_prompt"],
                 **{f: opts[f] for f in ("steps", "cfg", "width", "height") if opts[f] is not None}}
     try:
         read_jobs(batch_file, defaults)  # every line valid before any is submitted

@@ -80,3 +80,29 @@ def sdxl_composer(sdxl_dir):
     from composer import Composer
 
     return Composer.from_pretrained(sdxl_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def categorised(sd1_dir, tmp_path_factory):
+    """Kohya LoRAs for the tiny SD1 with Civitai sidecars whose first tag is a category, ingested."""
+    from composer_tiny import write_kohya_lora
+    from diffusers import DiffusionPipeline
+    from loras import civitai_sidecar
+
+    from composer import Composer
+    from loraregistry.api import Registry
+
+    pipe = DiffusionPipeline.from_pretrained(sd1_dir)
+    d = tmp_path_factory.mktemp("categorised")
+    paths = {}
+    for i, (name, category) in enumerate([("cat", "character"), ("dog", "character"), ("hat", "clothing"),
+                                          ("forest", "background")]):
+        path = write_kohya_lora(d / f"{name}.safetensors", pipe.unet, None, seed=20 + i, convs=False)
+        civitai_sidecar(d / f"{name}.safetensors", model_id=300 + i, version_id=400 + i, name=f"{name} LoRA",
+                        trained_words=[name], tags=[category, "toy"])
+        paths[name] = path
+    registry = Registry.open(f"sqlite:///{d / 'registry.db'}")
+    registry.ingest(d)
+    composer = Composer.from_pretrained(sd1_dir, registry=lambda: registry, device="cpu", cache_bytes=None)
+    yield composer, paths
+    registry.close()

@@ -1,0 +1,84 @@
+"""fusion: object LoRAs draw on latents of their own for the first steps, then their regions are
+pasted into the composition (composer.methods.fusion)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from composer import Job
+from composer.methods.fusion import departure, paste
+from composer.params import GroundingParams
+
+PROMPT = "a cat on the left, a forest"
+
+
+def test_paste_takes_each_own_latent_inside_its_mask():
+    x = torch.zeros(1, 2, 2, 4)
+    a, b = torch.full_like(x, 1.0), torch.full_like(x, 3.0)
+    masks = torch.zeros(2, 1, 2, 4)
+    masks[0, :, :, 0] = 1.0  # a owns column 0
+    masks[1, :, :, 3] = 0.5  # b half-owns column 3
+    out = paste(x, [a, b], masks)
+    assert torch.equal(out[..., 0], torch.ones(1, 2, 2))
+    assert torch.equal(out[..., 1:3], torch.zeros(1, 2, 2, 2))
+    assert torch.allclose(out[..., 3], torch.full((1, 2, 2), 1.5))
+    assert torch.equal(paste(x, [a, b], torch.zeros(2, 1, 2, 4)), x)  # no region: the composition unchanged
+
+
+def test_departure_is_where_the_images_differ():
+    base = torch.randn(1, 4, 3, 3)
+    other = base.clone()
+    other[0, :, 1, 2] += 2.0
+    d = departure(other, base)
+    assert d.shape == (1, 3, 3)
+    assert d[0, 1, 2] == 2.0 and d.sum() == 2.0
+
+
+def _latent_hw(composer, size: int) -> tuple[int, int]:
+    f = composer.pipe.vae_scale_factor
+    return size // f, size // f
+
+
+def test_fusion_without_an_object_is_grounded_loratorio(categorised):
+    composer, paths = categorised
+    kw = dict(loras=[paths["hat"], paths["forest"]], steps=3, width=32, height=32, seed=3,
+              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+    ours = composer.run(Job(PROMPT, method="fusion", **kw))
+    theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw))
+    assert np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+    assert ours.report["unet_samples"] == theirs.report["unet_samples"]
+
+
+def test_an_object_that_owns_the_whole_image_at_the_last_step_is_that_lora_alone(categorised):
+    """Fused after the last step with the object's mask all ones, the image is the object LoRA's own
+    trajectory: the LoRA alone (Merge of one LoRA) on the same prompt, seed and guidance."""
+    composer, paths = categorised
+    h, w = _latent_hw(composer, 32)
+    masks = torch.zeros(2, 1, h, w)
+    masks[0] = 1.0  # cat everywhere, forest nowhere
+    kw = dict(steps=4, width=32, height=32, seed=11, cfg=3.0)
+    fused = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", masks=masks,
+                             grounding=GroundingParams(fuse_at=4), **kw))
+    alone = composer.run(Job(PROMPT, loras=[paths["cat"]], method="merge", **kw))
+    composed = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="grounded-loratorio",
+                                masks=masks, **kw))
+    a, b, c = (np.asarray(r.image).astype(int) for r in (fused, alone, composed))
+    assert np.abs(a - b).max() <= 2, "the pasted latent is not the object LoRA's own trajectory"
+    assert np.abs(a - c).max() > 10, "the test cannot tell the own trajectory from the composition"
+
+
+def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised):
+    """One object: a base copy and the object, on the whole prompt. Two objects: each without the
+    other's phrase, so each has a base copy of its own: (base + LoRA) x 2, two samples each per step."""
+    composer, paths = categorised
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2)
+    kw = dict(steps=4, width=32, height=32, seed=2, grounding=g)
+    for names, prompt, own in [(("cat", "forest"), "a cat on the left, a forest", 2),
+                               (("cat", "dog", "forest"), "a cat on the left and a dog on the right, a forest", 4)]:
+        loras = [paths[n] for n in names]
+        ours = composer.run(Job(prompt, loras=loras, method="fusion", **kw))
+        theirs = composer.run(Job(prompt, loras=loras, method="grounded-loratorio", **kw))
+        assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * g.fuse_at
+        assert ours.report["options"]["fuse_at"] == 2
+        assert "Fuse at: 2" in ours.parameters
+        assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
