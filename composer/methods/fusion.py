@@ -93,6 +93,12 @@ class Fusion(GroundedLoratorio):
             self.state.masks = self.fused
         if not self.drawing_alone:
             return
+        if not self.own and step > 0:
+            # The first steps were replayed (a probe's, composer.auto): the objects' own trajectories
+            # cannot start from the noise any more, so the composition goes on alone (grounded LoRAtorio).
+            self.fuse_at = 0
+            denoiser.select(range(self.n))
+            return
         if step == 0:
             b = info["images"]
             scheduler = self.ctx.composer.pipe.scheduler

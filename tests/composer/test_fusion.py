@@ -82,3 +82,16 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised):
         assert ours.report["options"]["fuse_at"] == 2
         assert "Fuse at: 2" in ours.parameters
         assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
+def test_after_replayed_steps_fusion_is_grounded_loratorio(categorised):
+    """A probe's replayed first steps (composer.auto --reuse-probe) leave no noise for the objects to
+    start from: the composition goes on as grounded LoRAtorio."""
+    composer, paths = categorised
+    h, w = _latent_hw(composer, 32)
+    kw = dict(loras=[paths["cat"], paths["forest"]], steps=3, width=32, height=32, seed=4,
+              grounding=GroundingParams(source="contrast", steps=(1, 2), fuse_at=2))
+    replay = [torch.zeros(2, 4, h, w)]
+    ours = composer.run(Job(PROMPT, method="fusion", **kw), replay=replay)
+    theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw), replay=replay)
+    assert np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))

@@ -63,11 +63,11 @@ def test_compose_without_model_or_db_picks_toyworld_loras(monkeypatch, tmp_path)
     assert rep["model"] == "toyworld"
     kept = {w for c in rep["selection"]["candidates"] if c["kept"] for w in c["trigger_words"]}
     assert kept == {"kiki", "checkerboard"}, rep["selection"]["dropped"]
-    # The default method sees a character and a background (their Civitai categories) and runs LoRAtorio.
-    assert rep["method"] == "by-role" and rep["options"]["chosen"] == "loratorio"
+    # The default method sees a character and a background (their Civitai categories) and runs fusion.
+    assert rep["method"] == "by-role" and rep["options"]["chosen"] == "fusion"
     from loraregistry.cli.compose import method_label
 
-    assert method_label(rep) == "by-role: loratorio" and method_label({"method": "merge", "options": {}}) == "merge"
+    assert method_label(rep) == "by-role: fusion" and method_label({"method": "merge", "options": {}}) == "merge"
     assert (tmp_path / "home" / "toyworld-demo.db").is_file()
 
 
