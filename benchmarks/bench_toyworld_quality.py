@@ -216,13 +216,16 @@ def save_grids(rows: list[dict], out: Path) -> None:
 def write_report(rows: list[dict], args, seconds: float) -> str:
     ns = sorted({r["n"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in methods]  # --report-from aliases
     rates = rate_table(rows, lambda r: (r["method"], r["n"]))
     overall = rate_table(rows, lambda r: r["method"])
     lines = [
         "# ToyWorld composition quality",
         "",
         f"`python benchmarks/bench_toyworld_quality.py --seeds {args.seeds}"
-        f"{f' --first-seed {args.first_seed}' if getattr(args, 'first_seed', 0) else ''} --sets-per-n {args.sets_per_n} --ns {args.ns}`; "
+        f"{f' --first-seed {args.first_seed}' if getattr(args, 'first_seed', 0) else ''} --sets-per-n {args.sets_per_n} --ns {args.ns}"
+        f"{'' if args.methods == ','.join(METHODS) else f' --methods {args.methods}'}"
+        f"{'' if args.name == 'toyworld_quality' else f' --name {args.name}'}`; "
         f"{len(rows)} images in {seconds / 60:.1f} min with {args.workers} workers. Success: the SPEC detector "
         f"finds every skill the task names and no object it does not name. DDIM 25 steps, CFG {_cfg()}. "
         f"LoRAtorio p={args.p}, tau={args.tau}, lambda={args.lam}; dynamic: all 8 LoRAs, top-k with k = N. "
@@ -235,7 +238,7 @@ def write_report(rows: list[dict], args, seconds: float) -> str:
         "|---|" + "---|" * (len(ns) + 1),
     ]
     for m in methods:
-        cells = [f"{rates[(m, n)][0]:.0%} ({rates[(m, n)][1]})" for n in ns]
+        cells = [f"{rates[(m, n)][0]:.0%} ({rates[(m, n)][1]})" if (m, n) in rates else "" for n in ns]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {overall[m][0]:.0%} |")
     lines += ["", "Per skill, share of images that show it when the task names it:", "",
               "| method | " + " | ".join(_skills()) + " |", "|---|" + "---|" * len(_skills())]
@@ -328,7 +331,7 @@ def main() -> None:
     ap.add_argument("--grounding", default="", help="GroundingParams as key=value,... (e.g. source=attention,prompts=full)")
     ap.add_argument("--name", default="toyworld_quality", help="results file stem")
     ap.add_argument("--report-from", default="", metavar="A.json,B.json",
-                    help="no new images: one report from the rows of earlier runs (FILE@m1+m2: only those methods of FILE)")
+                    help="no new images: one report from the rows of earlier runs (FILE@m1+m2=alias: only those methods of FILE, m2 renamed)")
     ap.add_argument("--grounding-grid", default="", metavar="CFG;CFG;...",
                     help="grounded-loratorio under each --grounding setting (e.g. 'steps=0/2;steps=0/4;lo=0.15,hi=0.45'): "
                          "success and mask IoU per setting, written to toyworld_grounding.md")
@@ -357,9 +360,10 @@ def main() -> None:
         wanted = set(args.methods.split(","))
         rows = []
         for item in args.report_from.split(","):
-            f, _, only = item.partition("@")  # FILE@m1+m2: only those methods' rows of that file
-            keep = set(only.split("+")) if only else wanted
-            run = [r for r in json.loads(Path(f).read_text()) if r["method"] in wanted & keep]
+            f, _, only = item.partition("@")  # FILE@m1+m2=alias: only those methods' rows, m2's under another name
+            names = dict(m.partition("=")[::2] for m in only.split("+")) if only else {m: "" for m in wanted}
+            run = [{**r, "method": names[r["method"]] or r["method"]} for r in json.loads(Path(f).read_text())
+                   if r["method"] in names and r["method"] in wanted]
             seeds = sorted({r["seed"] for r in run})
             rows += [{**r, "source": f"seeds {seeds[0] - 1000}-{seeds[-1] - 1000}"} for r in run]  # seeds count from 1000
         seconds = sum(r["seconds"] for r in rows) / max(1, args.workers)

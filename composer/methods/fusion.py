@@ -65,9 +65,9 @@ class Fusion(GroundedLoratorio):
             return composition
         # Each object draws alone: on the prompt without the other objects' phrases (so that it does
         # not draw its own object where another was asked for), beside a base copy on the same
-        # prompt. Measured on ToyWorld (benchmarks/results/toyworld_fusion.md): the whole prompt
-        # composed 5/12 two-object tasks, this 9/12; without the background phrase too, background +
-        # object fell from 22/36 to 10/36.
+        # prompt. Measured on ToyWorld (benchmarks/results/toyworld_fusion.md): with the whole prompt
+        # each object LoRA drew its object at both places (two-object tasks 0/12); without the
+        # background phrase too, background + object fell from 22/36 to 10/36.
         units = self.grounder.units
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
