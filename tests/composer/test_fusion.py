@@ -95,3 +95,35 @@ def test_after_replayed_steps_fusion_is_grounded_loratorio(categorised):
     ours = composer.run(Job(PROMPT, method="fusion", **kw), replay=replay)
     theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw), replay=replay)
     assert np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
+def test_fusion_on_sdxl(sdxl_dir, tmp_path):
+    """SDXL: the objects' own trajectories and their base copies carry the pooled embeddings and
+    time ids of their own prompts (two text encoders)."""
+    from composer_tiny import write_kohya_lora
+    from diffusers import DiffusionPipeline
+    from loras import civitai_sidecar
+
+    from composer import Composer
+    from loraregistry.api import Registry
+
+    unet = DiffusionPipeline.from_pretrained(sdxl_dir).unet
+    for i, (name, category) in enumerate([("lighthouse", "object"), ("boat", "vehicle"), ("sea", "background")]):
+        write_kohya_lora(tmp_path / f"{name}.safetensors", unet, seed=30 + i, convs=False)
+        civitai_sidecar(tmp_path / f"{name}.safetensors", model_id=500 + i, version_id=600 + i, name=f"{name} LoRA",
+                        trained_words=[name], tags=[category], base_model="SDXL 1.0")
+    registry = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    try:
+        registry.ingest(tmp_path)
+        composer = Composer.from_pretrained(sdxl_dir, registry=lambda: registry, device="cpu", cache_bytes=None)
+        g = GroundingParams(source="contrast", steps=(0,), fuse_at=2)
+        prompt = "a lighthouse on the left and a boat on the right, the sea"
+        loras = [str(tmp_path / f"{n}.safetensors") for n in ("lighthouse", "boat", "sea")]
+        kw = dict(loras=loras, steps=3, width=32, height=32, seed=4, grounding=g)
+        ours = composer.run(Job(prompt, method="fusion", **kw))
+        theirs = composer.run(Job(prompt, method="grounded-loratorio", **kw))
+    finally:
+        registry.close()
+    assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * g.fuse_at
+    assert np.asarray(ours.image).std() > 1 and ours.weights[-1].shape == (3, 16, 16)
+    assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
