@@ -64,8 +64,8 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="A LoRA file or registry id/name, optional weight, and optionally the phrase of the prompt it is "
                    "for (grounded methods: where it acts; default: the unit of the prompt with its trigger word). Repeatable.")
 @click.option("--method", type=click.Choice(methods.NAMES), default=methods.DEFAULT, show_default=True,
-              help="How to combine the LoRAs. by-role picks grounded-loratorio for two or more characters/objects, "
-                   "merge for an object with its clothing/attribute, loratorio otherwise (from the LoRAs' Civitai categories).")
+              help="How to combine the LoRAs. by-role picks fusion for a character/object beside other LoRAs, merge for "
+                   "one object with its clothing/attribute, loratorio otherwise (from the LoRAs' Civitai categories).")
 @click.option("--steps", type=click.IntRange(1), default=None, help=f"Denoising steps (default {_GEN.steps}; built-in model {BUILTIN_STEPS}).")
 @click.option("--cfg", type=float, default=None, help=f"Classifier-free guidance scale (default {_GEN.cfg:g}; built-in model {BUILTIN_CFG:g}).")
 @click.option("--seed", type=int, default=_GEN.seed, show_default=True)
