@@ -11,8 +11,9 @@ LoRAtorio on the pipeline's latent meanwhile. At the end of step ``fuse_at - 1``
 region (where its own image departs from the base model's, on the same noise and prompt: the
 paper's observation, made spatial on the object's own trajectory) is pasted into the composition's
 latent, and those regions become the objects' masks for the remaining steps.
-Cost: two more UNet samples (conditional and unconditional) per object and one pair for the base
-copy, for each of the first ``fuse_at`` steps.
+Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
+copy of each distinct object prompt (one with one object, one per object with several), for each of
+the first ``fuse_at`` steps.
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ class Fusion(GroundedLoratorio):
     grounding: GroundingParams = field(default_factory=GroundingParams)
     fixed: FixedMasks | None = None
     name = "fusion"
-
 
     def branches(self, ctx):
         composition = super().branches(ctx)
