@@ -99,5 +99,5 @@ class GroundingParams:
     attribute_radius: int = 2  # how far an attribute (clothing) reaches beyond its object, latent pixels
     pool: str = "area"  # regional: masks shrink to coarse layers by cell average ("area") or maximum ("max")
     # fusion: the steps each object LoRA draws on a latent of its own before its region is pasted
-    fuse_at: int = 8
+    fuse_at: int = 12
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)
