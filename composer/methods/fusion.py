@@ -43,6 +43,64 @@ def departure(x0: torch.Tensor, x0_base: torch.Tensor) -> torch.Tensor:
     return (x0.float() - x0_base.float()).abs().mean(1)
 
 
+def object_prompts(prompt: str, units: list, objects: list[int]) -> list[str]:
+    """Each object's prompt for its own trajectory: the prompt without the *other* objects' units,
+    so that it does not draw its own object where another was asked for. Measured on ToyWorld
+    (benchmarks/results/toyworld_fusion.md): with the whole prompt each object LoRA drew its object
+    at both places (two-object tasks 0/12); without the background phrase too, background + object
+    fell from 22/36 to 10/36."""
+    return [without(prompt, [units[i] for i in objects if i != j and units[i] is not None]) for j in objects]
+
+
+def object_regions(departures: torch.Tensor, g: GroundingParams, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """``(J, B, H, W)`` each object's region from where its own image departs from its base copy's
+    (``departures``, ``(J, B, H, W)``), split among overlapping objects. ``prior``: masks that say
+    whose place is where (two or more objects: ToyWorld's object LoRAs draw theirs unprompted 40-100%
+    of the time, so each departs at every object's place)."""
+    regions = gm.region(departures, g.sigma, g.lo, g.hi)
+    if prior is not None:
+        regions = regions * gm.dilate(prior.float(), g.attribute_radius)
+    share = regions.pow(g.sharpness)
+    return regions * share / share.sum(0, keepdim=True).clamp_min(1e-30)
+
+
+class OwnTrajectories:
+    """Latents that denoise beside the pipeline's, each with its own copy of the scheduler, starting
+    from the pipeline's noise: the objects' own images and their base copies."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.latents: list[torch.Tensor] = []
+        self.x0: list[torch.Tensor | None] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self.latents)
+
+    def start(self, noise: torch.Tensor, scheduler) -> None:
+        self.latents = [noise.clone() for _ in range(self.count)]
+        self.x0 = [None] * self.count
+        self.schedulers = [copy.deepcopy(scheduler) for _ in range(self.count)]
+
+    def inputs(self, timestep) -> list[torch.Tensor]:
+        """The UNet inputs of this step (the schedulers' own input scaling)."""
+        self.timestep = timestep
+        return [s.scale_model_input(z, timestep) for s, z in zip(self.schedulers, self.latents)]
+
+    def advance(self, eps_u: torch.Tensor | None, eps_c: torch.Tensor, cfg: float) -> None:
+        """One step of each trajectory with its own guided prediction (``(K, B, C, H, W)`` halves)."""
+        for k in range(self.count):
+            c = eps_c[k]
+            eps = c if eps_u is None else eps_u[k] + cfg * (c - eps_u[k])
+            res = self.schedulers[k].step(eps, self.timestep, self.latents[k])
+            self.latents[k] = res.prev_sample
+            self.x0[k] = getattr(res, "pred_original_sample", None)
+
+    def images(self) -> list[torch.Tensor]:
+        """Each trajectory's predicted clean latent (its latent where the scheduler gives none)."""
+        return [x if x is not None else z for x, z in zip(self.x0, self.latents)]
+
+
 @dataclass
 class Fusion(GroundedLoratorio):
     params: LoratorioParams = field(default_factory=LoratorioParams)
@@ -58,28 +116,21 @@ class Fusion(GroundedLoratorio):
         # The steps the objects draw alone; past the job's steps, they are pasted after the last.
         self.fuse_at = min(self.grounding.fuse_at, ctx.job.steps)
         self.objects = [i for i, r in enumerate(self.grounder.roles) if r == "object"]
-        self.own: list[torch.Tensor] = []
-        self.x0: list[torch.Tensor | None] = []
         self.fused: torch.Tensor | None = None
+        self.own = OwnTrajectories(0)
         if not self.objects or self.fuse_at <= 0:
             return composition
-        # Each object draws alone: on the prompt without the other objects' phrases (so that it does
-        # not draw its own object where another was asked for), beside a base copy on the same
-        # prompt. Measured on ToyWorld (benchmarks/results/toyworld_fusion.md): with the whole prompt
-        # each object LoRA drew its object at both places (two-object tasks 0/12); without the
-        # background phrase too, background + object fell from 22/36 to 10/36.
-        units = self.grounder.units
+        # Each object draws alone beside a base copy on the same prompt (object_prompts).
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
         bases: dict[str, int] = {}
-        for j in self.objects:
-            p = without(ctx.prompt, [units[i] for i in self.objects if i != j and units[i] is not None])
+        for j, p in zip(self.objects, object_prompts(ctx.prompt, self.grounder.units, self.objects)):
             if p not in bases:
                 bases[p] = len(own)
                 own.append(ctx.branch(BASE, None, p))
             self.pairs.append((bases[p], len(own)))
             own.append(ctx.branch(ctx.loras[j].adapter, [ctx.loras[j]], p))
-        self.branches_own = own
+        self.own = OwnTrajectories(len(own))
         return composition + own
 
     @property
@@ -93,34 +144,22 @@ class Fusion(GroundedLoratorio):
             self.state.masks = self.fused
         if not self.drawing_alone:
             return
-        if not self.own and step > 0:
+        if not self.own.started and step > 0:
             # The first steps were replayed (a probe's, composer.auto): the objects' own trajectories
             # cannot start from the noise any more, so the composition goes on alone (grounded LoRAtorio).
             self.fuse_at = 0
             denoiser.select(range(self.n))
             return
         if step == 0:
-            b = info["images"]
-            scheduler = self.ctx.composer.pipe.scheduler
-            self.own = [info["sample"][-b:].clone() for _ in range(len(self.branches_own))]
-            self.x0 = [None] * len(self.own)
-            self.schedulers = [copy.deepcopy(scheduler) for _ in self.own]
-        self.timestep = info["timestep"]
+            self.own.start(info["sample"][-info["images"]:], self.ctx.composer.pipe.scheduler)
         if step < self.fuse_at:
-            denoiser.branch_samples = [None] * self.n + [s.scale_model_input(z, self.timestep)
-                                                         for s, z in zip(self.schedulers, self.own)]
+            denoiser.branch_samples = [None] * self.n + self.own.inputs(info["timestep"])
 
     def combine(self, eps_u, eps_c, step):
         n = self.n
         out = super().combine(None if eps_u is None else eps_u[:n], eps_c[:n], step)
-        if eps_c.shape[0] > n:  # advance the own trajectories with their own guidance
-            cfg = self.ctx.job.cfg
-            for k in range(len(self.own)):
-                c = eps_c[n + k]
-                eps = c if eps_u is None else eps_u[n + k] + cfg * (c - eps_u[n + k])
-                res = self.schedulers[k].step(eps, self.timestep, self.own[k])
-                self.own[k] = res.prev_sample
-                self.x0[k] = getattr(res, "pred_original_sample", None)
+        if eps_c.shape[0] > n and self.own.started:  # advance the own trajectories with their own guidance
+            self.own.advance(None if eps_u is None else eps_u[n:], eps_c[n:], self.ctx.job.cfg)
         return out
 
     def callbacks(self, ctx, denoiser):
@@ -131,7 +170,8 @@ class Fusion(GroundedLoratorio):
             if step_index != self.fuse_at - 1:
                 return kwargs
             regions = self.object_regions()
-            kwargs["latents"] = paste(kwargs["latents"], [self.own[k] for _, k in self.pairs], regions)
+            own = self.own.latents
+            kwargs["latents"] = paste(kwargs["latents"], [own[k] for _, k in self.pairs], regions)
             denoiser.branch_samples = None  # from the next step on, the composition's branches alone
             denoiser.select(range(self.n))
             current = self.state.masks.clone().float()
@@ -145,22 +185,14 @@ class Fusion(GroundedLoratorio):
 
     def object_regions(self) -> torch.Tensor:
         """``(J, B, H, W)`` each object's region at the fusion step: the given masks' (an oracle),
-        else where its own image departs from the base copy's, split among overlapping objects."""
+        else where its own image departs from the base copy's (``object_regions``), with the
+        composition's masks, measured for each LoRA under its own phrase, as the prior for two or more."""
+        masks = self.state.masks.float()[self.objects]
         if self.fixed is not None:
-            masks = self.state.masks.float()
-            return masks[self.objects]
-        ref = [x if x is not None else z for x, z in zip(self.x0, self.own)]
-        g = self.grounding
+            return masks
+        ref = self.own.images()
         sal = torch.stack([departure(ref[k], ref[b]) for b, k in self.pairs])  # (J, B, H, W)
-        regions = gm.region(sal, g.sigma, g.lo, g.hi)
-        if len(self.objects) > 1:
-            # An object LoRA draws its object where another was asked for, too (ToyWorld's draw theirs
-            # unprompted 40-100% of the time), so each departs at every object's place: the
-            # composition's masks, measured for each LoRA under its own phrase, say whose place it is.
-            prior = gm.dilate(self.state.masks.float()[self.objects], g.attribute_radius)
-            regions = regions * prior
-        share = regions.pow(g.sharpness)
-        return regions * share / share.sum(0, keepdim=True).clamp_min(1e-30)
+        return object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
 
     def options(self):
         return {**super().options(), "fuse_at": self.grounding.fuse_at}
