@@ -32,9 +32,11 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "toyworld" / "assets"
 METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic", "grounded-loratorio", "regional",
-           "fusion", "by-role", "oracle-grounded-loratorio", "oracle-regional", "oracle-fusion")
+           "fusion", "fusion-regional", "by-role", "oracle-grounded-loratorio", "oracle-regional", "oracle-fusion",
+           "oracle-fusion-regional")
 # The oracles are grounded methods handed the true regions (toyworld.truth) instead of a mask source.
-ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional", "oracle-fusion": "fusion"}
+ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional", "oracle-fusion": "fusion",
+           "oracle-fusion-regional": "fusion-regional"}
 
 
 def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True,
