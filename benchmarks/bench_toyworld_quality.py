@@ -32,11 +32,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ASSETS = ROOT / "toyworld" / "assets"
 METHODS = ("base", "merge", "switch", "composite", "loratorio", "loratorio-dynamic", "grounded-loratorio", "regional",
-           "fusion", "fusion-regional", "by-role", "oracle-grounded-loratorio", "oracle-regional", "oracle-fusion",
-           "oracle-fusion-regional")
+           "fusion", "by-role", "oracle-grounded-loratorio", "oracle-regional", "oracle-fusion")
 # The oracles are grounded methods handed the true regions (toyworld.truth) instead of a mask source.
-ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional", "oracle-fusion": "fusion",
-           "oracle-fusion-regional": "fusion-regional"}
+ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional": "regional", "oracle-fusion": "fusion"}
 
 
 def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True,

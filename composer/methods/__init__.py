@@ -27,7 +27,6 @@ METHODS: dict[str, str] = {
     "regional": "composer.methods.regional:Regional",
     "by-role": "composer.methods.by_role:ByRole",
     "fusion": "composer.methods.fusion:Fusion",
-    "fusion-regional": "composer.methods.fusion_regional:FusionRegional",
 }
 NAMES: tuple[str, ...] = tuple(METHODS)
 DEFAULT = "by-role"  # measured best: benchmarks/results/toyworld_quality_by_role.md
