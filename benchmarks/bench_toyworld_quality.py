@@ -40,10 +40,17 @@ ORACLES = {"oracle-grounded-loratorio": "grounded-loratorio", "oracle-regional":
 def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of_n2: bool = True,
                 first_seed: int = 0) -> list[dict]:
     """Every N=2 skill set (unless not `all_of_n2`), a seeded sample of `sets_per_n` sets for the
-    other N; one scene per seed. ``first_seed`` > 0: seeds first_seed, first_seed + 1, ... with
-    scenes of their own (the same skill sets), to check on seeds a choice was not made on."""
+    other N; one scene per seed. ``first_seed`` > 0: seeds first_seed, first_seed + 1, ... (the
+    same skill sets), to check on seeds a choice was not made on.
+
+    A scene depends only on its skill set and seed number, so seed 2 is the same task in a run of
+    ``--seeds 4`` and one of ``--seeds 8`` or ``--first-seed 2``: runs compare task by task. (Until
+    2026-12-03 it depended on the task's index in the run, so the committed results of runs with
+    different ``--seeds``/``--first-seed`` hold different scenes under the same seed numbers.)"""
+    from toyworld import spec
     from toyworld.captions import task_for, task_skill_sets
 
+    spec_index = {k: i for i, k in enumerate(spec.SKILLS)}
     rng = np.random.default_rng(seed)
     out = []
     for n in ns:
@@ -51,8 +58,9 @@ def build_tasks(seeds: int, sets_per_n: int, ns=(2, 3, 4), seed: int = 0, all_of
         if (n > 2 or not all_of_n2) and sets_per_n < len(sets):
             sets = [sets[i] for i in sorted(rng.choice(len(sets), sets_per_n, replace=False))]
         for skills in sets:
+            key = [spec_index[k] for k in skills]
             for s in range(first_seed, first_seed + seeds):
-                task = task_for(skills, np.random.default_rng([seed, n, len(out)] + ([first_seed] if first_seed else [])))
+                task = task_for(skills, np.random.default_rng([seed, n, *key, s]))
                 out.append({"n": n, "skills": list(skills), "seed": 1000 + s, "prompt": task.prompt, "task": task})
     return out
 
