@@ -48,7 +48,17 @@ def main() -> None:
     ap.add_argument("--no-distractors", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_auto.md")
+    ap.add_argument("--report-only", action="store_true", help="no new images: the report from --out's .json")
+    ap.add_argument("--minutes", type=float, default=None, help="--report-only: the run's minutes, for the report")
     args = ap.parse_args()
+    if args.report_only:
+        from composer import methods
+
+        rows = json.loads(args.out.with_suffix(".json").read_text())
+        report = write_report(rows, args, 60 * (args.minutes or 0), methods.DEFAULT)
+        print(report)
+        args.out.write_text(report)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
@@ -102,7 +112,6 @@ def write_report(rows: list[dict], args, seconds: float, method: str) -> str:
         vals = [r[key] for r in rows if r["run"] == run and where(r)]
         return float(np.mean(vals)) if vals else float("nan")
 
-    hand_s, hand_n = mean("hand-given", "seconds"), mean("hand-given", "unet_samples")
     registry = "the dump alone" if args.no_distractors else "the dump and the 24 distractors"
     lines = ["# Retrieve + probe + compose on ToyWorld", "",
              f"`python benchmarks/bench_toyworld_auto.py --seeds {args.seeds} --ns {args.ns}"
@@ -120,6 +129,7 @@ def write_report(rows: list[dict], args, seconds: float, method: str) -> str:
         for run in RUNS:
             part = [r for r in rows if r["run"] == run and where(r)]
             s, n = mean(run, "seconds", where), mean(run, "unet_samples", where)
+            hand_s, hand_n = mean("hand-given", "seconds", where), mean("hand-given", "unet_samples", where)
             exact = np.mean([r["kept_kind"] == "exact" for r in part])
             right = np.mean([r["kept_kind"] != "wrong" for r in part])
             label = f"{run}, N = {n_skills}" if n_skills is not None else f"{run}, all"
