@@ -248,6 +248,9 @@ def test_prune_by_phrase_keeps_one_per_phrase_drops_inert_and_reports_unserved()
     keep, dropped, unserved = prune_by_phrase(scores, phrases, strength=power)
     assert keep == [0, 2, 5]  # the best of each phrase, whatever the other phrases scored
     assert "another candidate for 'kiki'" in dropped[1] and "inert" in dropped[3] and "inert" in dropped[4]
+    assert "close call" not in dropped[1]  # 0.5 against 0.9: a clear choice
+    _, dropped, _ = prune_by_phrase(torch.tensor([0.9, 0.85]), ["kiki", "kiki"])
+    assert "close call" in dropped[1] and "--lora" in dropped[1]
     assert unserved == ["halo"]  # its only candidate is inert: left to the base model
     two, _, _ = prune_by_phrase(scores, phrases, per_phrase=2, strength=power)
     assert set(two) == {0, 1, 2, 5}
