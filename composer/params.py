@@ -100,4 +100,12 @@ class GroundingParams:
     pool: str = "area"  # regional: masks shrink to coarse layers by cell average ("area") or maximum ("max")
     # fusion: the steps each object LoRA draws on a latent of its own before its region is pasted
     fuse_at: int = 12
+    # fusion: an object draws alone on this phrase in place of the background LoRAs' phrases (None:
+    # on their phrases). Their trigger words mean nothing to the base, and an object LoRA beside an
+    # unknown word drew ToyWorld's kiki in 6 of 12 images, on "light background" in 12 of 12
+    # (benchmarks/results/toyworld_fusion.md). Real CLIP encoders know "light background" too.
+    plain_background: str | None = "light background"
+    # fusion: the objects go on drawing alone to the last step and are pasted again then, unless an
+    # attribute or style LoRA must act on them too (the composition finishes them then).
+    repaste: bool = True
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -71,10 +71,12 @@ def unit_of(prompt: str, phrase: str | None, triggers: tuple[str, ...] = (), at:
     return None
 
 
-def without(prompt: str, remove: list[Unit]) -> str:
-    """The prompt with these units (and the separators before them) taken out."""
+def without(prompt: str, remove: list[Unit], replace: dict[Unit, str] | None = None) -> str:
+    """The prompt with these units (and the separators before them) taken out, and those of
+    ``replace`` read as its text."""
     us = units(prompt)
     gone = {(r.start, r.end) for r in remove}
+    instead = {(r.start, r.end): text for r, text in (replace or {}).items()}
     pieces: list[str] = []
     for k, u in enumerate(us):
         if (u.start, u.end) in gone:
@@ -82,7 +84,7 @@ def without(prompt: str, remove: list[Unit]) -> str:
         if pieces:  # the separator this unit had in the prompt (", " or " and ")
             sep = prompt[us[k - 1].end:u.start]
             pieces.append(sep if sep.strip() else " ")
-        pieces.append(u.text)
+        pieces.append(instead.get((u.start, u.end), u.text))
     return "".join(pieces)
 
 

@@ -10,10 +10,15 @@ the starting noise (the context it knows), beside a base-model copy; the composi
 LoRAtorio on the pipeline's latent meanwhile. At the end of step ``fuse_at - 1`` each object's
 region (where its own image departs from the base model's, on the same noise and prompt: the
 paper's observation, made spatial on the object's own trajectory) is pasted into the composition's
-latent, and those regions become the objects' masks for the remaining steps.
+latent, and those regions become the objects' masks for the remaining steps. With ``repaste``
+(unless a style or an attribute LoRA must act on the objects too) the objects go on drawing alone
+and are pasted again after the last step: the composition places them and draws around them, and
+the object LoRA finishes its object in the context it knows (a kiki's ring, finished by the
+composition, filled in). An object draws alone on ``plain_background`` in place of the background
+LoRAs' phrases, a background the base model knows.
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
-the first ``fuse_at`` steps.
+the first ``fuse_at`` steps, or of every step with ``repaste``.
 """
 from __future__ import annotations
 
@@ -43,13 +48,18 @@ def departure(x0: torch.Tensor, x0_base: torch.Tensor) -> torch.Tensor:
     return (x0.float() - x0_base.float()).abs().mean(1)
 
 
-def object_prompts(prompt: str, units: list, objects: list[int]) -> list[str]:
+def object_prompts(prompt: str, units: list, objects: list[int], backgrounds: list[int] = (),
+                   plain: str | None = None) -> list[str]:
     """Each object's prompt for its own trajectory: the prompt without the *other* objects' units,
-    so that it does not draw its own object where another was asked for. Measured on ToyWorld
-    (benchmarks/results/toyworld_fusion.md): with the whole prompt each object LoRA drew its object
-    at both places (two-object tasks 0/12); without the background phrase too, background + object
-    fell from 22/36 to 10/36."""
-    return [without(prompt, [units[i] for i in objects if i != j and units[i] is not None]) for j in objects]
+    so that it does not draw its own object where another was asked for, and with the background
+    LoRAs' units (``backgrounds``) read as ``plain``, a background the base model knows. Measured on
+    ToyWorld (benchmarks/results/toyworld_fusion.md): with the whole prompt each object LoRA drew
+    its object at both places (two-object tasks 0/12); without the background phrase, background +
+    object fell from 22/36 to 10/36; with it read as "light background" (and ``repaste``), 30/36."""
+    mine = {units[j] for j in objects}  # a unit that also holds an object stays as it is
+    plain_units = {units[i]: plain for i in backgrounds if plain and units[i] is not None and units[i] not in mine}
+    return [without(prompt, [units[i] for i in objects if i != j and units[i] is not None], plain_units)
+            for j in objects]
 
 
 def object_regions(departures: torch.Tensor, g: GroundingParams, prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,13 +128,20 @@ class Fusion(GroundedLoratorio):
         self.objects = [i for i, r in enumerate(self.grounder.roles) if r == "object"]
         self.fused: torch.Tensor | None = None
         self.own = OwnTrajectories(0)
+        self.repaste = False
         if not self.objects or self.fuse_at <= 0:
             return composition
         # Each object draws alone beside a base copy on the same prompt (object_prompts).
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
         bases: dict[str, int] = {}
-        for j, p in zip(self.objects, object_prompts(ctx.prompt, self.grounder.units, self.objects)):
+        roles = self.grounder.roles
+        backgrounds = [i for i, r in enumerate(roles) if r == "background"]
+        # A style or an attribute acts on the objects too, so the composition must finish them.
+        self.repaste = self.grounding.repaste and not {"style", "attribute"} & set(roles)
+        prompts = object_prompts(ctx.prompt, self.grounder.units, self.objects, backgrounds,
+                                 self.grounding.plain_background)
+        for j, p in zip(self.objects, prompts):
             if p not in bases:
                 bases[p] = len(own)
                 own.append(ctx.branch(BASE, None, p))
@@ -147,12 +164,12 @@ class Fusion(GroundedLoratorio):
         if not self.own.started and step > 0:
             # The first steps were replayed (a probe's, composer.auto): the objects' own trajectories
             # cannot start from the noise any more, so the composition goes on alone (grounded LoRAtorio).
-            self.fuse_at = 0
+            self.fuse_at, self.repaste = 0, False
             denoiser.select(range(self.n))
             return
         if step == 0:
             self.own.start(info["sample"][-info["images"]:], self.ctx.composer.pipe.scheduler)
-        if step < self.fuse_at:
+        if step < self.fuse_at or self.repaste:
             denoiser.branch_samples = [None] * self.n + self.own.inputs(info["timestep"])
 
     def combine(self, eps_u, eps_c, step):
@@ -167,13 +184,17 @@ class Fusion(GroundedLoratorio):
             return []
 
         def fuse(pipe, step_index, timestep, kwargs):
-            if step_index != self.fuse_at - 1:
+            last = step_index == ctx.job.steps - 1
+            if step_index != self.fuse_at - 1 and not (self.repaste and last):
                 return kwargs
             regions = self.object_regions()
             own = self.own.latents
             kwargs["latents"] = paste(kwargs["latents"], [own[k] for _, k in self.pairs], regions)
-            denoiser.branch_samples = None  # from the next step on, the composition's branches alone
-            denoiser.select(range(self.n))
+            if step_index != self.fuse_at - 1:  # the second paste, after the last step
+                return kwargs
+            if not self.repaste:
+                denoiser.branch_samples = None  # from the next step on, the composition's branches alone
+                denoiser.select(range(self.n))
             current = self.state.masks.clone().float()
             current[self.objects] = regions
             g = self.grounding
@@ -195,7 +216,11 @@ class Fusion(GroundedLoratorio):
         return object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
 
     def options(self):
-        return {**super().options(), "fuse_at": self.grounding.fuse_at}
+        g = self.grounding
+        return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
+                "repaste": self.repaste}
 
     def settings(self):
-        return super().settings() + [f"Fuse at: {self.grounding.fuse_at}"]
+        g = self.grounding
+        return super().settings() + [f"Fuse at: {g.fuse_at}", f'Plain background: "{g.plain_background or ""}"',
+                                     f"Repaste: {self.repaste}"]

@@ -90,6 +90,12 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="regional: each LoRA's region reads its own phrase and the shared context (own) or the whole prompt.")
 @click.option("--fuse-at", type=click.IntRange(0), default=_GR.fuse_at, show_default=True,
               help="fusion: the steps each object LoRA draws on a latent of its own before its region is pasted.")
+@click.option("--plain-background", default=_GR.plain_background, show_default=True, metavar="PHRASE",
+              help="fusion: an object draws alone on this phrase in place of the background LoRAs' phrases "
+                   "('' keeps their phrases).")
+@click.option("--repaste/--no-repaste", default=_GR.repaste, show_default=True,
+              help="fusion: the objects draw alone to the last step and are pasted again then (not with a style "
+                   "or attribute LoRA).")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
@@ -173,7 +179,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
-                                fuse_at=opts.pop("fuse_at"))
+                                fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
+                                repaste=opts.pop("repaste"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -193,6 +200,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
             defaults = {"method": method, "switch_every": switch_every, "p": params.p, "tau": params.tau, "lam": params.lam,
                         "k": params.k, "grounding": grounding.source, "grounding_steps": list(grounding.steps),
                         "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
+                        "plain_background": grounding.plain_background, "repaste": grounding.repaste,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

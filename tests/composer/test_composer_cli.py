@@ -146,19 +146,24 @@ def test_compose_grounded_with_phrases_from_the_command_line(sd1_dir, sd1_loras,
     assert r.exit_code == 2 and "--grounding-steps" in r.output
 
 
-def test_fuse_at_reaches_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras, tmp_path):
+def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras, tmp_path):
     out = tmp_path / "f.png"
     r = CliRunner().invoke(cli, ["compose", "a fox, a hill", "--model", sd1_dir, "--method", "fusion", "--fuse-at", "1",
+                                 "--plain-background", "white background",
                                  "--lora", sd1_loras["kohya"], "--lora", sd1_loras["peft"], "--grounding", "contrast",
                                  "--grounding-steps", "0", "--steps", "2", "--width", "32", "--height", "32",
                                  "--out", str(out), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output[r.output.index("{"):])["options"]["fuse_at"] == 1
-    assert "Fuse at: 1" in Image.open(out).text["parameters"]
+    options = json.loads(r.output[r.output.index("{"):])["options"]
+    assert options["fuse_at"] == 1 and options["plain_background"] == "white background"
+    params = Image.open(out).text["parameters"]
+    assert "Fuse at: 1" in params and 'Plain background: "white background"' in params
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"name": "f", "prompt": "a fox, a hill", "method": "fusion", "fuse_at": 3,
-                                "loras": [sd1_loras["kohya"]], "steps": 2}) + "\n")
+                                "plain_background": None, "loras": [sd1_loras["kohya"]], "steps": 2}) + "\n")
     r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(tmp_path / "b"),
-                                 "--width", "32", "--height", "32", "--device", "cpu", "--json"])
+                                 "--width", "32", "--height", "32", "--device", "cpu", "--json", "--no-repaste"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)[0]["options"]["fuse_at"] == 3
+    options = json.loads(r.stdout)[0]["options"]
+    assert options["fuse_at"] == 3 and options["plain_background"] is None
+    assert options["grounding"]["repaste"] is False  # the batch's default, from the command line

@@ -3,10 +3,11 @@ pasted into the composition (composer.methods.fusion)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from composer import Job
-from composer.methods.fusion import departure, paste
+from composer.methods.fusion import departure, object_prompts, paste
 from composer.params import GroundingParams
 
 PROMPT = "a cat on the left, a forest"
@@ -49,17 +50,23 @@ def test_fusion_without_an_object_is_grounded_loratorio(categorised):
     assert ours.report["unet_samples"] == theirs.report["unet_samples"]
 
 
-def test_an_object_that_owns_the_whole_image_at_the_last_step_is_that_lora_alone(categorised):
-    """Fused after the last step with the object's mask all ones, the image is the object LoRA's own
-    trajectory: the LoRA alone (Merge of one LoRA) on the same prompt, seed and guidance."""
+@pytest.mark.parametrize("fuse_at, plain, own_prompt", [
+    (4, None, PROMPT),  # pasted after the last step; the background phrase as written
+    (2, "light background", "a cat on the left, light background"),  # pasted at step 2, again after the last
+])
+def test_an_object_that_owns_the_whole_image_at_the_last_step_is_that_lora_alone(categorised, fuse_at, plain,
+                                                                                 own_prompt):
+    """Pasted after the last step with the object's mask all ones, the image is the object LoRA's own
+    trajectory: the LoRA alone (Merge of one LoRA) on its own prompt (the background LoRA's phrase
+    read as ``plain_background``), seed and guidance."""
     composer, paths = categorised
     h, w = _latent_hw(composer, 32)
     masks = torch.zeros(2, 1, h, w)
     masks[0] = 1.0  # cat everywhere, forest nowhere
     kw = dict(steps=4, width=32, height=32, seed=11, cfg=3.0)
     fused = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", masks=masks,
-                             grounding=GroundingParams(fuse_at=4), **kw))
-    alone = composer.run(Job(PROMPT, loras=[paths["cat"]], method="merge", **kw))
+                             grounding=GroundingParams(fuse_at=fuse_at, plain_background=plain), **kw))
+    alone = composer.run(Job(own_prompt, loras=[paths["cat"]], method="merge", **kw))
     composed = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="grounded-loratorio",
                                 masks=masks, **kw))
     a, b, c = (np.asarray(r.image).astype(int) for r in (fused, alone, composed))
@@ -67,21 +74,44 @@ def test_an_object_that_owns_the_whole_image_at_the_last_step_is_that_lora_alone
     assert np.abs(a - c).max() > 10, "the test cannot tell the own trajectory from the composition"
 
 
-def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised):
-    """One object: a base copy and the object, on the whole prompt. Two objects: each without the
-    other's phrase, so each has a base copy of its own: (base + LoRA) x 2, two samples each per step."""
+@pytest.mark.parametrize("repaste", [False, True])
+def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, repaste):
+    """One object: a base copy and the object. Two objects: each without the other's phrase, so each
+    has a base copy of its own: (base + LoRA) x 2, two samples each per step, for the first
+    ``fuse_at`` steps, or every step with ``repaste`` (not with an attribute LoRA, which must act on
+    the objects: the composition finishes them then)."""
     composer, paths = categorised
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2)
-    kw = dict(steps=4, width=32, height=32, seed=2, grounding=g)
-    for names, prompt, own in [(("cat", "forest"), "a cat on the left, a forest", 2),
-                               (("cat", "dog", "forest"), "a cat on the left and a dog on the right, a forest", 4)]:
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
+    steps = 4
+    kw = dict(steps=steps, width=32, height=32, seed=2, grounding=g)
+    for names, prompt, own, alone_steps in [
+        (("cat", "forest"), "a cat on the left, a forest", 2, steps if repaste else 2),
+        (("cat", "dog", "forest"), "a cat on the left and a dog on the right, a forest", 4, steps if repaste else 2),
+        (("cat", "hat", "forest"), "a cat with a hat on the left, a forest", 2, 2),
+    ]:
         loras = [paths[n] for n in names]
         ours = composer.run(Job(prompt, loras=loras, method="fusion", **kw))
         theirs = composer.run(Job(prompt, loras=loras, method="grounded-loratorio", **kw))
-        assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * g.fuse_at
+        assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * alone_steps, names
         assert ours.report["options"]["fuse_at"] == 2
         assert "Fuse at: 2" in ours.parameters
         assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
+def test_an_object_draws_alone_on_a_plain_background():
+    """The background LoRA's unit reads as the plain phrase; the other object's unit goes; a unit
+    that holds an object and a background alike stays."""
+    from composer.grounding.phrases import unit_of
+
+    prompt = "a kiki on the left and a bouba on the right, stripes background, framed"
+    us = [unit_of(prompt, p) for p in ("a kiki", "a bouba", "stripes background", "framed")]
+    assert object_prompts(prompt, us, [0, 1], [2], "light background") == [
+        "a kiki on the left, light background, framed", "a bouba on the right, light background, framed"]
+    assert object_prompts(prompt, us, [0, 1], [2], None) == [
+        "a kiki on the left, stripes background, framed", "a bouba on the right, stripes background, framed"]
+    one = "a kiki on a checkerboard"
+    u = unit_of(one, "kiki")
+    assert object_prompts(one, [u, u], [0], [1], "light background") == [one]
 
 
 def test_after_replayed_steps_fusion_is_grounded_loratorio(categorised):
@@ -124,6 +154,6 @@ def test_fusion_on_sdxl(sdxl_dir, tmp_path):
         theirs = composer.run(Job(prompt, method="grounded-loratorio", **kw))
     finally:
         registry.close()
-    assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * g.fuse_at
+    assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * kw["steps"]  # repaste: every step
     assert np.asarray(ours.image).std() > 1 and ours.weights[-1].shape == (3, 16, 16)
     assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
