@@ -25,7 +25,12 @@ from registry.db import make_engine, writer_engine
 from registry.errors import Ambiguous, IndexUnavailable, InvalidInput, NotFound, RegistryError
 from registry.models import LoraFile, LoraModel, ScannedPath, Tag, TriggerWord, Version
 from registry.service import LoraEntry, clean_name, entry_of, read_stamp, version_query
+from registry.sorts import LIST_SORTS
 from registry.text import normalize_word
+
+# ``Registry.list`` orders (registry.sorts): the columns sorted on, highest first, then by id.
+LIST_ORDERS = {"id": (), "downloads": (Version.downloads,), "rating": (Version.rating, Version.rating_count)}
+assert tuple(LIST_ORDERS) == LIST_SORTS
 
 
 class Registry:
@@ -187,9 +192,12 @@ class Registry:
 
     def list(self, *, base: str | None = None, present_only: bool = False, limit: int = 50, offset: int = 0,
              query: str | None = None, tag: str | None = None, creator: str | None = None,
-             format: str | None = None) -> list[LoraEntry]:
-        """Entries in id order; ``query`` is a part of the model name, ``tag``/``creator`` exact
-        (case-insensitive), ``format`` a file format (registry.formats)."""
+             format: str | None = None, sort: str = "id") -> list[LoraEntry]:
+        """Entries in ``sort`` order (``LIST_ORDERS``: id, or most downloaded / best rated first,
+        entries without the stat last); ``query`` is a part of the model name, ``tag``/``creator``
+        exact (case-insensitive), ``format`` a file format (registry.formats)."""
+        if sort not in LIST_ORDERS:
+            raise ValueError(f"unknown sort {sort!r}: one of {', '.join(LIST_ORDERS)}")
         with self.session() as session:
             stmt = version_query().join(Version.model)
             if base:
@@ -204,7 +212,9 @@ class Registry:
                 stmt = stmt.where(func.lower(LoraModel.creator) == creator.strip().lower())
             if query:
                 stmt = stmt.where(LoraModel.name.ilike(f"%{query}%"))
-            return [entry_of(v) for v in session.scalars(stmt.order_by(Version.id).limit(limit).offset(offset))]
+            order = LIST_ORDERS[sort]
+            stmt = stmt.order_by(*[c.desc().nulls_last() for c in order], Version.id)
+            return [entry_of(v) for v in session.scalars(stmt.limit(limit).offset(offset))]
 
     def stats(self) -> dict[str, Any]:
         with self.session() as session:

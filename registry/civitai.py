@@ -6,6 +6,7 @@ the wrong type, so every accessor here is defensive: a bad field is dropped, nev
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,10 @@ class VersionRecord:
     description: str | None = None
     published_at: dt.datetime | None = None
     files: list[FileRecord] = field(default_factory=list)
+    # Civitai's counts when the record was taken: what people who keep thousands of LoRAs sort by.
+    downloads: int | None = None
+    rating: float | None = None  # 0-5
+    rating_count: int | None = None
 
 
 @dataclass
@@ -70,6 +75,17 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return _int(int(value))
     return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    n = _int(value)
+    return n if n is not None and n >= 0 else None
 
 
 def _bool(value: Any) -> bool:
@@ -161,6 +177,7 @@ def parse_file(raw: Any) -> FileRecord | None:
 
 def parse_version(raw: Any) -> VersionRecord:
     d = _dict(raw)
+    stats = _dict(d.get("stats"))
     return VersionRecord(
         civitai_id=_int(d.get("id")),
         name=_str(d.get("name"), 512),
@@ -169,6 +186,9 @@ def parse_version(raw: Any) -> VersionRecord:
         description=html_to_text(_str(d.get("description"))),
         published_at=_date(d.get("publishedAt")) or _date(d.get("createdAt")),
         files=[f for f in map(parse_file, _list(d.get("files"))) if f],
+        downloads=_count(stats.get("downloadCount")),
+        rating=_float(stats.get("rating")) if _count(stats.get("ratingCount")) else None,  # 0 ratings: no rating
+        rating_count=_count(stats.get("ratingCount")),
     )
 
 

@@ -80,6 +80,9 @@ class Version(Base):
     base_family_source: Mapped[str] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(Text)
     published_at: Mapped[dt.datetime | None]
+    downloads: Mapped[int | None] = mapped_column(BigInteger, index=True)  # Civitai's stats, as last ingested
+    rating: Mapped[float | None] = mapped_column(Float)
+    rating_count: Mapped[int | None] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]

@@ -151,6 +151,8 @@ class CatalogWriter:
                 version.base_family_source = source
         _set(version, "description", vrec.description)
         _set(version, "published_at", vrec.published_at)
+        for attr in ("downloads", "rating", "rating_count"):
+            _set(version, attr, getattr(vrec, attr))
         if vrec.trained_words:
             set_trigger_words(version, vrec.trained_words, source)
         for frec in vrec.files:
@@ -269,6 +271,9 @@ class LoraEntry:
     nsfw: bool
     header_metadata: dict | None
     preview_path: str | None = None  # the image beside the file, when the ingest found one
+    downloads: int | None = None  # Civitai's stats of the version, as last ingested
+    rating: float | None = None
+    rating_count: int | None = None
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -316,6 +321,9 @@ def _make_entry(version, model, f, trigger_words: Iterable[str], tags: Iterable[
         nsfw=model.nsfw,
         header_metadata=f.header_metadata if f is not None else None,
         preview_path=f.preview_path if present else None,
+        downloads=version.downloads,
+        rating=version.rating,
+        rating_count=version.rating_count,
     )
 
 

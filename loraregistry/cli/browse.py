@@ -5,26 +5,29 @@ import click
 
 from loraregistry.cli.common import CliContext, echo_json, json_option, library_errors, pass_cli
 from loraregistry.cli.search import FAMILIES, filter_options
+from registry.sorts import LIST_SORTS
 
 
 @click.command("list")
 @click.option("--base", type=FAMILIES, help="Only entries of this base family.")
 @click.option("--present", is_flag=True, help="Only entries whose file is on disk.")
 @click.option("--name", "query", help="Only entries whose model name contains this text.")
+@click.option("--sort", type=click.Choice(LIST_SORTS), default="id", show_default=True,
+              help="Order: registry id, or most downloaded / best rated on Civitai first.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--offset", default=0, show_default=True)
 @filter_options
 @json_option
 @pass_cli
 @library_errors
-def list_(cli: CliContext, base: str | None, present: bool, query: str | None, limit: int, offset: int, tag: str | None,
-          creator: str | None, fmt: str | None, as_json: bool) -> None:
+def list_(cli: CliContext, base: str | None, present: bool, query: str | None, sort: str, limit: int, offset: int,
+          tag: str | None, creator: str | None, fmt: str | None, as_json: bool) -> None:
     """List registry entries.
 
-    Example: loraregistry list --base sdxl --present --limit 20 --tag character
+    Example: loraregistry list --base sdxl --present --sort downloads --limit 20 --tag character
     """
     entries = cli.registry().list(base=base, present_only=present, limit=limit, offset=offset, query=query, tag=tag,
-                                  creator=creator, format=fmt)
+                                  creator=creator, format=fmt, sort=sort)
     if as_json:
         echo_json([e.to_dict() for e in entries])
         return
@@ -32,10 +35,13 @@ def list_(cli: CliContext, base: str | None, present: bool, query: str | None, l
     from rich.table import Table
 
     table = Table()
-    for col in ("id", "name", "version", "base", "format", "file"):
-        table.add_column(col, overflow="fold")
+    for col in ("id", "name", "version", "base", "format", "downloads", "rating", "file"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("downloads", "rating") else "left")
     for e in entries:
-        table.add_row(str(e.id), e.name, e.version_name or "", e.base_family, e.format or "", e.file_path or f"({e.file_status or 'no file'})")
+        rating = f"{e.rating:.2f} ({e.rating_count})" if e.rating is not None else ""
+        table.add_row(str(e.id), e.name, e.version_name or "", e.base_family, e.format or "",
+                      f"{e.downloads:,}" if e.downloads is not None else "", rating,
+                      e.file_path or f"({e.file_status or 'no file'})")
     Console().print(table)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -16,6 +16,7 @@ from loraregistry.web import catalog
 from loraregistry.web.composing import MAX_LORAS, MAX_PROMPT_CHARS, ComposeRequest
 from loraregistry.web.jobs import QueueFull, UnknownJob
 from registry.errors import NotFound, RegistryError
+from registry.sorts import LIST_SORTS
 
 router = APIRouter(prefix="/api")
 
@@ -58,9 +59,11 @@ def search(request: Request,
 def entries(request: Request, base: str | None = None, format: str | None = Query(None, max_length=64),
             tag: str | None = Query(None, max_length=128), creator: str | None = Query(None, max_length=256),
             present: bool = False, name: str | None = Query(None, max_length=MAX_QUERY_CHARS),
-            limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+            limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
+            sort: Literal[LIST_SORTS] = Query("id", description="id, or Civitai's most downloaded / best rated first.")
+            ) -> dict[str, Any]:
     filters = filters_from(base, format, tag, creator, present)
-    page = catalog.list_entries(state(request).registry, filters, limit, offset, name=name)
+    page = catalog.list_entries(state(request).registry, filters, limit, offset, name=name, sort=sort)
     return page_envelope(page, "entries", [e.to_dict() for e in page.entries], filters=filters.to_dict())
 
 

@@ -5,7 +5,7 @@ template marks registry text safe, so a Civitai description is shown as text, ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import jinja2
@@ -20,6 +20,7 @@ from loraregistry.web import catalog
 from loraregistry.web.api import MAX_PAGE, MAX_QUERY_CHARS, filters_from, job_view, result_view, state
 from loraregistry.web.composing import MAX_LORAS, MAX_PROMPT_CHARS
 from registry.errors import NotFound, RegistryError
+from registry.sorts import LIST_SORTS
 
 router = APIRouter(include_in_schema=False)
 PER_PAGE = 50
@@ -41,7 +42,8 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
 @router.get("/", response_class=HTMLResponse)
 def library(request: Request, q: str = Query("", max_length=MAX_QUERY_CHARS), base: str = "", format: str = Query("", max_length=64),
             tag: str = Query("", max_length=128), creator: str = Query("", max_length=256), present: bool = False,
-            page: int = Query(1, ge=1, le=100_000), per: int = Query(PER_PAGE, ge=1, le=MAX_PAGE)) -> HTMLResponse:
+            page: int = Query(1, ge=1, le=100_000), per: int = Query(PER_PAGE, ge=1, le=MAX_PAGE),
+            sort: Literal[LIST_SORTS] = "id") -> HTMLResponse:
     s = state(request)
     filters = filters_from(base, format, tag, creator, present)
     offset = (page - 1) * per
@@ -51,14 +53,15 @@ def library(request: Request, q: str = Query("", max_length=MAX_QUERY_CHARS), ba
         if q:
             result = catalog.search_entries(s.registry, q, filters, per, min(offset, catalog.SEARCH_DEPTH))
         else:
-            result = catalog.list_entries(s.registry, filters, per, offset)
+            result = catalog.list_entries(s.registry, filters, per, offset, sort=sort)
     except RegistryError as exc:
         result, error = catalog.Page(0, offset, per, []), str(exc)
     params = {k: v for k, v in {"q": q, "base": base, "format": format, "tag": tag, "creator": creator,
-                                "present": "true" if present else "", "per": per if per != PER_PAGE else ""}.items() if v}
+                                "present": "true" if present else "", "per": per if per != PER_PAGE else "",
+                                "sort": sort if sort != "id" and not q else ""}.items() if v}
     api = "/api/search" if q else "/api/entries"
     api_params = {**{k: v for k, v in params.items() if k != "per"}, "limit": per, "offset": offset}
-    return render(request, "library.html", q=q, filters=filters, result=result, error=error,
+    return render(request, "library.html", q=q, filters=filters, result=result, error=error, sort=sort, sorts=LIST_SORTS,
                   facets=catalog.facets(s.registry, top=100), json_url=f"{api}?{urlencode(api_params)}",
                   page_url=lambda n: "/?" + urlencode({**params, "page": n}), pages=_window(result.page, result.pages))
 

@@ -101,3 +101,16 @@ def test_numeric_looking_ids_that_int_refuses_are_dropped_not_raised(raw: str) -
     kind, record = parse_any({"id": raw, "name": "x", "modelVersions": []}, "fallback")
     assert kind == "civitai-model"
     assert record.civitai_id == (12 if raw.strip() == "12" else None)
+
+
+def test_version_stats_are_read_and_bad_ones_dropped(shared: Path) -> None:
+    _, rec = parse_any(load(shared, "api-records/civitai_model_58390.json"), "x")
+    v = rec.versions[0]
+    assert (v.downloads, v.rating, v.rating_count) == (129209, 4.96, 279)
+    bad = [{"downloadCount": -3, "rating": "5", "ratingCount": True},  # wrong types, a negative count
+           {"downloadCount": 10, "rating": 4.0, "ratingCount": 0},  # no ratings: no rating
+           {"rating": float("nan"), "ratingCount": 2}, "stats"]  # fmt: skip
+    versions = [{"id": i, "name": "v", "stats": s} for i, s in enumerate(bad)]
+    _, rec = parse_any({"id": 1, "name": "m", "modelVersions": versions}, "x")
+    assert [(v.downloads, v.rating, v.rating_count) for v in rec.versions] == [
+        (None, None, None), (10, None, 0), (None, None, 2), (None, None, None)]

@@ -87,3 +87,32 @@ def test_db_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LORAREGISTRY_DB", f"sqlite:///{tmp_path / 'env.db'}")
     assert invoke("stats").exit_code == 0
     assert (tmp_path / "env.db").exists()
+
+
+def test_list_sorts_by_civitai_downloads_and_rating(tmp_path: Path, db_url: str) -> None:
+    """Most downloaded / best rated first, entries without the stat last; a later record updates them."""
+    import gzip
+
+    def record(i: int, stats: dict | None) -> dict:
+        version = {"id": 100 + i, "name": "v1", "baseModel": "SD 1.5", "trainedWords": [f"word{i}"], "files": []}
+        return {"id": i, "name": f"Model {i}", "type": "LORA", "modelVersions": [{**version, **({"stats": stats} if stats else {})}]}
+
+    def ingest(records: list[dict], name: str) -> None:
+        path = tmp_path / f"{name}.jsonl.gz"
+        with gzip.open(path, "wt") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in records))
+        assert invoke("ingest", str(path), db=db_url).exit_code == 0
+
+    ingest([record(1, {"downloadCount": 50, "ratingCount": 3, "rating": 4.0}), record(2, None),
+            record(3, {"downloadCount": 900, "ratingCount": 40, "rating": 3.5}),
+            record(4, {"downloadCount": 7, "ratingCount": 1, "rating": 4.0})], "first")  # fmt: skip
+    names = lambda *args: [e["name"] for e in json.loads(invoke("list", *args, "--json", db=db_url).output)]
+    assert names("--sort", "downloads") == ["Model 3", "Model 1", "Model 4", "Model 2"]
+    assert names("--sort", "rating") == ["Model 1", "Model 4", "Model 3", "Model 2"]  # ties: more ratings first
+    assert names() == ["Model 1", "Model 2", "Model 3", "Model 4"]
+    assert json.loads(invoke("show", "word3", "--json", db=db_url).output)["downloads"] == 900
+    ingest([record(4, {"downloadCount": 5000, "ratingCount": 2, "rating": 5.0})], "later")
+    assert names("--sort", "downloads", "--limit", "1") == ["Model 4"]
+    table = invoke("list", "--sort", "downloads", db=db_url).output
+    assert "5,000" in table and "5.00 (2)" in table
+    assert invoke("list", "--sort", "stars", db=db_url).exit_code == 2

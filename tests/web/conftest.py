@@ -44,6 +44,7 @@ def filler(i: int) -> dict[str, Any]:
         "modelVersions": [{
             "id": 600000 + i, "name": "v1", "baseModel": "SDXL 1.0" if i % 2 else "SD 1.5",
             "trainedWords": [f"fillword{i:03d}"],
+            **({"stats": {"downloadCount": i * 37 % 1000, "ratingCount": i % 5, "rating": 5 - i % 4}} if i % 7 else {}),
             "files": [{"id": 700000 + i, "name": f"filler_{i:03d}.safetensors", "type": "Model", "primary": True}],
         }],
     }  # fmt: skip

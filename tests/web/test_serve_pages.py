@@ -55,6 +55,22 @@ def test_library_page_is_its_json_twin(client):
     assert 'href="/?page=3"' in html and 'href="/?page=1"' in html  # the pager
 
 
+def test_library_sorted_by_downloads_is_its_json_twin(client):
+    html = client.get("/", params={"sort": "downloads", "page": 2, "per": 20}).text
+    twin = re.search(r'<link rel="alternate" type="application/json" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    data = client.get(twin).json()
+    assert "sort=downloads" in twin and [c["id"] for c in cards(html)] == [e["id"] for e in data["entries"]]
+    everything = client.get("/api/entries", params={"sort": "downloads", "limit": 100}).json()["entries"]
+    everything += client.get("/api/entries", params={"sort": "downloads", "limit": 100, "offset": 100}).json()["entries"]
+    counts = [e["downloads"] for e in everything]
+    known = [n for n in counts if n is not None]
+    assert known == sorted(known, reverse=True) and counts == known + [None] * (len(counts) - len(known))
+    top = everything[0]
+    assert f"↓ {top['downloads']:,}" in client.get("/", params={"sort": "downloads"}).text
+    assert 'href="/?per=20&amp;sort=downloads&amp;page=3"' in html  # the pager keeps the order
+    assert client.get("/api/entries", params={"sort": "stars"}).status_code == 422
+
+
 def test_search_page_cards_copy_tag_and_triggers_and_show_previews(client):
     html = client.get("/", params={"q": "kiki"}).text
     first = cards(html)[0]
