@@ -43,11 +43,12 @@ def search(cli: CliContext, prompt: str, k: int, base: str | None, present: bool
     from rich.table import Table
 
     table = Table(title=f"search: {prompt}")
-    for col in ("id", "name", "base", "score", "found by", "file"):
-        table.add_column(col, overflow="fold")
+    for col in ("id", "name", "base", "score", "found by", "downloads", "file"):
+        table.add_column(col, overflow="fold", justify="right" if col == "downloads" else "left")
     for h in hits:
         e = h.entry
-        table.add_row(str(e.id), e.name, e.base_family, f"{h.score:.3f}", f"{h.match}: {h.phrase}", e.file_path or "(catalog)")
+        table.add_row(str(e.id), e.name, e.base_family, f"{h.score:.3f}", f"{h.match}: {h.phrase}",
+                      f"{e.downloads:,}" if e.downloads is not None else "", e.file_path or "(catalog)")
     Console().print(table)
 
 
