@@ -31,12 +31,13 @@ __all__ = ["BASE", "Branch", "Combined", "MultiLoraDenoiser", "installed", "mixe
 class Branch:
     """One member of the batch: an adapter and that adapter's own prompt encoding.
 
-    ``adapter`` is a PEFT adapter name, :data:`BASE` for the base model, or None for "whatever
-    adapters are active" (merge and switch set them with ``set_adapters``).
+    ``adapter`` is a PEFT adapter name, :data:`BASE` for the base model, None for "whatever
+    adapters are active" (merge and switch set them with ``set_adapters``), or a tuple of adapter
+    names: those merged, at the weights the job set (a UNet call of its own, :func:`only_adapters`).
     ``cond``/``uncond`` are ``(B, seq, dim)`` prompt embeddings; ``pooled_*`` the SDXL pooled ones.
     """
 
-    adapter: str | None
+    adapter: str | tuple[str, ...] | None
     cond: torch.Tensor
     uncond: torch.Tensor
     pooled_cond: torch.Tensor | None = None
@@ -63,6 +64,23 @@ def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) ->
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def only_adapters(model: torch.nn.Module, names: Sequence[str]) -> Iterator[None]:
+    """Within the block, exactly these PEFT adapters are active in ``model``, merged at the scales
+    the job set (``set_adapters``); PEFT's mixed batch runs one adapter per sample, not several."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    before = [list(m.active_adapters) for m in layers]
+    try:
+        for m in layers:
+            m.set_adapter(list(names))
+        yield
+    finally:
+        for m, active in zip(layers, before):
+            m.set_adapter(active)
 
 
 @dataclass
@@ -174,6 +192,10 @@ class MultiLoraDenoiser(torch.nn.Module):
     def _call_unet(self, sample, timestep, ehs, adapters, added, kwargs):
         self.unet_calls += 1
         self.unet_samples += sample.shape[0]
+        if isinstance(adapters[0], tuple):  # merged adapters (one tuple for the whole call)
+            self.release()
+            with only_adapters(self.unet, adapters[0]):
+                return self._unet(sample, timestep, ehs, added, kwargs)
         if self.stacked and len(set(adapters)) > 1 and None not in adapters and self._hold_stacked(adapters):
             return self._unet(sample, timestep, ehs, added, kwargs)
         self.release()
@@ -228,18 +250,31 @@ class MultiLoraDenoiser(torch.nn.Module):
                 tids.append(t_by_kind[kind])
             adapters.extend([br.adapter] * b)
 
-        def added_for(sl):
+        def added_for(sl):  # a slice or a list of entry indices
             if added_cond_kwargs is None:
                 return None
+            pick = (lambda v: v[sl]) if isinstance(sl, slice) else (lambda v: [v[j] for j in sl])
             out = dict(added_cond_kwargs)
             if pooled[0] is not None:
-                out["text_embeds"] = torch.cat(pooled[sl])
+                out["text_embeds"] = torch.cat(pick(pooled))
             if time_ids is not None:
-                out["time_ids"] = torch.cat(tids[sl])
+                out["time_ids"] = torch.cat(pick(tids))
             return out
 
         ts = timestep
-        if self.batched:
+        merged = [j for j, (_, i) in enumerate(entries) if isinstance(branches[i].adapter, tuple)]
+        if self.batched and merged:  # the others in one call, each merged entry in a call of its own
+            rest = [j for j in range(len(entries)) if j not in merged]
+            parts = {}
+            if rest:
+                out = self._call_unet(torch.cat([xs[j] for j in rest]), ts, torch.cat([ehs[j] for j in rest]),
+                                      [a for j in rest for a in adapters[j * b:(j + 1) * b]],
+                                      added_for(rest), kwargs).split(b)
+                parts.update(zip(rest, out))
+            for j in merged:
+                parts[j] = self._call_unet(xs[j], ts, ehs[j], adapters[j * b:(j + 1) * b], added_for([j]), kwargs)
+            eps = torch.cat([parts[j] for j in range(len(entries))])
+        elif self.batched:
             eps = self._call_unet(torch.cat(xs), ts, torch.cat(ehs), adapters, added_for(slice(None)), kwargs)
         else:
             eps = torch.cat([

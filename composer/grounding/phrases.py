@@ -43,7 +43,7 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def _contains(haystack: str, needle: str) -> bool:
+def mentions(haystack: str, needle: str) -> bool:
     """Word-boundary containment on normalised text ("kiki" is in "a kiki on the left", not in "kikis")."""
     n, h = _norm(needle), _norm(haystack)
     return bool(n) and re.search(rf"(^| ){re.escape(n)}( |$)", h) is not None
@@ -58,14 +58,14 @@ def unit_of(prompt: str, phrase: str | None, triggers: tuple[str, ...] = (), at:
             if u.start <= at <= u.end:
                 return u
     if phrase:
-        found = [u for u in us if _contains(u.text, phrase)]
+        found = [u for u in us if mentions(u.text, phrase)]
         if not found:  # a search phrase can span a cut ("kiki with halo"): the unit of its first word
             first = _norm(phrase).split()
-            found = [u for u in us if first and _contains(u.text, first[0])]
+            found = [u for u in us if first and mentions(u.text, first[0])]
         if found:
             return found[0]
     for word in triggers:
-        found = [u for u in us if _contains(u.text, word)]
+        found = [u for u in us if mentions(u.text, word)]
         if found:
             return found[0]
     return None

@@ -30,7 +30,7 @@ import torch
 from composer.denoiser import BASE
 from composer.grounding import masks as gm
 from composer.grounding.grounder import FixedMasks
-from composer.grounding.phrases import without
+from composer.grounding.phrases import mentions, without
 from composer.methods.grounded_loratorio import GroundedLoratorio
 from composer.params import GroundingParams, LoratorioParams
 
@@ -72,6 +72,24 @@ def object_regions(departures: torch.Tensor, g: GroundingParams, prior: torch.Te
         regions = regions * gm.dilate(prior.float(), g.attribute_radius)
     share = regions.pow(g.sharpness)
     return regions * share / share.sum(0, keepdim=True).clamp_min(1e-30)
+
+
+def riders(ctx, grounder, j: int) -> list[int]:
+    """The LoRAs that act on object ``j`` too: every style, and the attributes that qualify it (its
+    own, or one named in its unit: "a kiki with halo ... and a bouba with halo ...")."""
+    out = []
+    for i, (role, lora) in enumerate(zip(grounder.roles, ctx.loras)):
+        unit = grounder.units[j]
+        named = unit is not None and any(mentions(unit.text, w) for w in (lora.phrase, *lora.trigger_words) if w)
+        if role == "style" or (role == "attribute" and (grounder.owners[i] == j or named)):
+            out.append(i)
+    return out
+
+
+def merged(ctx, indices: list[int]) -> str | tuple[str, ...] | None:
+    """The branch adapter for these LoRAs merged: one name, a tuple of several, None for none."""
+    names = tuple(ctx.loras[i].adapter for i in indices)
+    return names[0] if len(names) == 1 else (names or None)
 
 
 class OwnTrajectories:
@@ -131,22 +149,27 @@ class Fusion(GroundedLoratorio):
         self.repaste = False
         if not self.objects or self.fuse_at <= 0:
             return composition
-        # Each object draws alone beside a base copy on the same prompt (object_prompts).
+        # Each object draws alone beside a base copy on the same prompt (object_prompts), with the
+        # LoRAs that act on it too (riders) in both, or, without ride_along, with none.
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
-        bases: dict[str, int] = {}
-        roles = self.grounder.roles
+        bases: dict[tuple, int] = {}
+        g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
-        # A style or an attribute acts on the objects too, so the composition must finish them.
-        self.repaste = self.grounding.repaste and not {"style", "attribute"} & set(roles)
-        prompts = object_prompts(ctx.prompt, self.grounder.units, self.objects, backgrounds,
-                                 self.grounding.plain_background)
+        acting = [i for i, r in enumerate(roles) if r in ("style", "attribute")]
+        # Without them in the own trajectory, a style or an attribute must act on the objects in the
+        # composition, so the composition finishes them: no repaste.
+        self.repaste = g.repaste and (g.ride_along or not acting)
+        prompts = object_prompts(ctx.prompt, self.grounder.units, self.objects, backgrounds, g.plain_background)
+        styles = [i for i, r in enumerate(roles) if r == "style"] if g.ride_along else []
         for j, p in zip(self.objects, prompts):
-            if p not in bases:
-                bases[p] = len(own)
-                own.append(ctx.branch(BASE, None, p))
-            self.pairs.append((bases[p], len(own)))
-            own.append(ctx.branch(ctx.loras[j].adapter, [ctx.loras[j]], p))
+            key = (p, tuple(styles))
+            if key not in bases:
+                bases[key] = len(own)
+                own.append(ctx.branch(merged(ctx, styles) or BASE, [ctx.loras[i] for i in styles] or None, p))
+            self.pairs.append((bases[key], len(own)))
+            mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
+            own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
         self.own = OwnTrajectories(len(own))
         return composition + own
 
@@ -218,9 +241,9 @@ class Fusion(GroundedLoratorio):
     def options(self):
         g = self.grounding
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
-                "repaste": self.repaste}
+                "repaste": self.repaste, "ride_along": g.ride_along}
 
     def settings(self):
         g = self.grounding
         return super().settings() + [f"Fuse at: {g.fuse_at}", f'Plain background: "{g.plain_background or ""}"',
-                                     f"Repaste: {self.repaste}"]
+                                     f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from composer import Job
-from composer.methods.fusion import departure, object_prompts, paste
+from composer.methods.fusion import departure, object_prompts, paste, riders
 from composer.params import GroundingParams
 
 PROMPT = "a cat on the left, a forest"
@@ -79,7 +79,7 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
     """One object: a base copy and the object. Two objects: each without the other's phrase, so each
     has a base copy of its own: (base + LoRA) x 2, two samples each per step, for the first
     ``fuse_at`` steps, or every step with ``repaste`` (not with an attribute LoRA, which must act on
-    the objects: the composition finishes them then)."""
+    the objects, without ``ride_along``: the composition finishes them then)."""
     composer, paths = categorised
     g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
     steps = 4
@@ -87,15 +87,57 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
     for names, prompt, own, alone_steps in [
         (("cat", "forest"), "a cat on the left, a forest", 2, steps if repaste else 2),
         (("cat", "dog", "forest"), "a cat on the left and a dog on the right, a forest", 4, steps if repaste else 2),
-        (("cat", "hat", "forest"), "a cat with a hat on the left, a forest", 2, 2),
+        (("cat", "hat", "forest"), "a cat with a hat on the left, a forest", 2, steps if repaste else 2),
     ]:
         loras = [paths[n] for n in names]
         ours = composer.run(Job(prompt, loras=loras, method="fusion", **kw))
         theirs = composer.run(Job(prompt, loras=loras, method="grounded-loratorio", **kw))
         assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * alone_steps, names
         assert ours.report["options"]["fuse_at"] == 2
+        if "hat" in names:  # without riders, an attribute stops the repaste
+            solo = composer.run(Job(prompt, loras=loras, method="fusion", **{
+                **kw, "grounding": GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, ride_along=False)}))
+            assert solo.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * 2
         assert "Fuse at: 2" in ours.parameters
         assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
+def test_an_object_draws_alone_with_its_attribute_merged(categorised):
+    """The cat and its hat own the whole image at the last step: the image is the cat and the hat
+    merged (Merge of the two LoRAs) on the cat's own prompt: the riders draw in its own trajectory."""
+    composer, paths = categorised
+    h, w = _latent_hw(composer, 32)
+    masks = torch.zeros(3, 1, h, w)
+    masks[0] = 1.0
+    prompt = "a cat with a hat on the left, a forest"
+    kw = dict(steps=4, width=32, height=32, seed=12, cfg=3.0)
+    fused = composer.run(Job(prompt, loras=[paths["cat"], paths["hat"], paths["forest"]], method="fusion",
+                             masks=masks, grounding=GroundingParams(fuse_at=2), **kw))
+    own = "a cat with a hat on the left, light background"
+    both = composer.run(Job(own, loras=[paths["cat"], paths["hat"]], method="merge", **kw))
+    cat = composer.run(Job(own, loras=[paths["cat"]], method="merge", **kw))
+    a, b, c = (np.asarray(r.image).astype(int) for r in (fused, both, cat))
+    assert np.abs(a - b).max() <= 2, "the own trajectory is not the object and its attribute merged"
+    assert np.abs(a - c).max() > 10, "the test cannot tell the attribute's work"
+    assert fused.report["options"]["ride_along"] is True and "Ride along: True" in fused.parameters
+
+
+def test_riders_are_the_styles_and_the_attributes_an_object_is_named_with():
+    from types import SimpleNamespace as NS
+
+    from composer.grounding.phrases import unit_of
+
+    prompt = "a kiki with halo on the left and a bouba with halo on the right, stripes background, framed"
+    loras = [NS(phrase=p, trigger_words=(t,)) for p, t in [("a kiki", "kiki"), ("a bouba", "bouba"),
+                                                           ("halo", "halo"), ("stripes background", "stripes"),
+                                                           ("framed", "framed")]]
+    units = [unit_of(prompt, a.phrase, a.trigger_words) for a in loras]
+    grounder = NS(roles=["object", "object", "attribute", "background", "style"], units=units,
+                  owners=[None, None, 0, None, None])
+    ctx = NS(loras=loras)
+    assert riders(ctx, grounder, 0) == [2, 4] and riders(ctx, grounder, 1) == [2, 4]
+    grounder.units[1] = unit_of("a bouba on the right", "a bouba")  # a bouba named without the halo
+    assert riders(ctx, grounder, 1) == [4]
 
 
 def test_an_object_draws_alone_on_a_plain_background():
