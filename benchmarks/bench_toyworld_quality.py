@@ -399,7 +399,8 @@ def main() -> None:
 
 
 def parse_grounding(text: str) -> dict:
-    """``source=attention,steps=0/2,prompts=full`` -> GroundingParams keyword arguments."""
+    """``source=attention,steps=0/2,prompts=full,plain_background=none,repaste=false`` -> GroundingParams
+    keyword arguments."""
     out: dict = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -407,6 +408,10 @@ def parse_grounding(text: str) -> dict:
             out[key] = tuple(int(v) for v in value.split("/"))
         elif key in ("source", "prompts", "pool", "branch_prompts"):
             out[key] = value
+        elif key == "plain_background":  # none: the background phrases as written
+            out[key] = None if value.lower() == "none" else value
+        elif key in ("repaste", "ride_along"):
+            out[key] = value.lower() in ("1", "true", "yes")
         elif key in ("attribute_radius", "finest", "fuse_at"):
             out[key] = int(value)
         else:

@@ -94,8 +94,10 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="fusion: an object draws alone on this phrase in place of the background LoRAs' phrases "
                    "('' keeps their phrases).")
 @click.option("--repaste/--no-repaste", default=_GR.repaste, show_default=True,
-              help="fusion: the objects draw alone to the last step and are pasted again then (not with a style "
-                   "or attribute LoRA).")
+              help="fusion: the objects draw alone to the last step and are pasted again then.")
+@click.option("--ride-along/--no-ride-along", default=_GR.ride_along, show_default=True,
+              help="fusion: an object draws alone with its clothing/attribute LoRAs and every style merged in "
+                   "(without: alone, and no repaste when such LoRAs exist).")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
@@ -180,7 +182,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
-                                repaste=opts.pop("repaste"))
+                                repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -201,6 +203,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "k": params.k, "grounding": grounding.source, "grounding_steps": list(grounding.steps),
                         "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
                         "plain_background": grounding.plain_background, "repaste": grounding.repaste,
+                        "ride_along": grounding.ride_along,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

@@ -162,8 +162,10 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
     jobs.write_text(json.dumps({"name": "f", "prompt": "a fox, a hill", "method": "fusion", "fuse_at": 3,
                                 "plain_background": None, "loras": [sd1_loras["kohya"]], "steps": 2}) + "\n")
     r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(tmp_path / "b"),
-                                 "--width", "32", "--height", "32", "--device", "cpu", "--json", "--no-repaste"])
+                                 "--width", "32", "--height", "32", "--device", "cpu", "--json", "--no-repaste",
+                                 "--no-ride-along"])
     assert r.exit_code == 0, r.output
     options = json.loads(r.stdout)[0]["options"]
     assert options["fuse_at"] == 3 and options["plain_background"] is None
-    assert options["grounding"]["repaste"] is False  # the batch's default, from the command line
+    assert options["grounding"]["repaste"] is False  # the batch's defaults, from the command line
+    assert options["ride_along"] is False
