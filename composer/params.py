@@ -105,10 +105,10 @@ class GroundingParams:
     # unknown word drew ToyWorld's kiki in 6 of 12 images, on "light background" in 12 of 12
     # (benchmarks/results/toyworld_fusion.md). Real CLIP encoders know "light background" too.
     plain_background: str | None = "light background"
-    # fusion: the objects go on drawing alone to the last step and are pasted again then.
+    # fusion: the objects go on drawing alone to the last step and are pasted again then (not with
+    # a style LoRA, which must act on them too: the composition finishes them then).
     repaste: bool = True
-    # fusion: an object draws alone with the LoRAs that act on it too merged in (its attributes,
-    # every style; its base copy has the styles), so that the repaste keeps their work. False: the
-    # object alone, and no repaste when such LoRAs exist (the composition finishes the objects).
+    # fusion: an object draws alone with its attribute LoRAs (clothing) merged in, so that the
+    # repaste keeps their work. False: the object alone, and no repaste with an attribute LoRA.
     ride_along: bool = True
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

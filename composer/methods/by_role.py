@@ -3,11 +3,12 @@
 The methods fail in different places (``benchmarks/results/toyworld_quality*.md``, per category):
 an object LoRA beside other LoRAs draws its object best on a latent of its own, pasted in
 (``fusion``: LoRAtorio's SoftMin hands its patches to a background, and even held to its own region
-it fails on a background it never saw); an object with an attribute of its own (a halo, clothing)
-composes best merged (grounding cuts the attribute off at the object's edge); and a background or a
-style beside anything else but an object composes best under LoRAtorio, which is also the paper's
-method. The rule was read off seeds 0-3 of the quality benchmark and checked on seeds 4-7, which
-it never saw (``toyworld_quality_by_role.md``, ``toyworld_quality_fusion.md``).
+it fails on a background it never saw); since an object draws alone with its attributes merged in,
+that holds for an object with its attribute too (until then Merge was chosen there;
+``toyworld_fusion.md``); and a background or a style beside anything else but an object composes
+best under LoRAtorio, which is also the paper's method. The rule was read off seeds 0-3 of the
+quality benchmark and checked on seeds 4-7, which it never saw (``toyworld_quality_by_role.md``,
+``toyworld_quality_fusion.md``, ``toyworld_fusion.md``).
 """
 from __future__ import annotations
 
@@ -22,10 +23,6 @@ from composer.params import GroundingParams, LoratorioParams
 
 def method_for_roles(roles: list[str]) -> str:
     """The method name for LoRAs of these roles (``composer.grounding.roles.ROLES``)."""
-    if roles.count("object") >= 2:
-        return "fusion"
-    if "object" in roles and "attribute" in roles:
-        return "merge"
     if "object" in roles and len(roles) > 1:
         return "fusion"
     return "loratorio"
@@ -46,11 +43,10 @@ class ByRole(Method):
     def branches(self, ctx: MethodContext):
         from composer.methods.fusion import Fusion
         from composer.methods.loratorio import Loratorio
-        from composer.methods.single import Merge
 
         choice = method_for_roles([role_of(a.tags) for a in ctx.loras])
         self.chosen = {"fusion": lambda: Fusion(self.params, self.grounding, self.fixed),
-                       "merge": Merge, "loratorio": lambda: Loratorio(self.params)}[choice]()  # fmt: skip
+                       "loratorio": lambda: Loratorio(self.params)}[choice]()  # fmt: skip
         return self.chosen.branches(ctx)
 
     # Everything else is the chosen method's (the composer asks only after ``branches``).

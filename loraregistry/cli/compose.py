@@ -94,10 +94,10 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="fusion: an object draws alone on this phrase in place of the background LoRAs' phrases "
                    "('' keeps their phrases).")
 @click.option("--repaste/--no-repaste", default=_GR.repaste, show_default=True,
-              help="fusion: the objects draw alone to the last step and are pasted again then.")
+              help="fusion: the objects draw alone to the last step and are pasted again then (not with a style LoRA).")
 @click.option("--ride-along/--no-ride-along", default=_GR.ride_along, show_default=True,
-              help="fusion: an object draws alone with its clothing/attribute LoRAs and every style merged in "
-                   "(without: alone, and no repaste when such LoRAs exist).")
+              help="fusion: an object draws alone with its clothing/attribute LoRAs merged in (without: alone, and "
+                   "no repaste with such LoRAs).")
 @click.option("--switch-every", type=click.IntRange(1), default=1, show_default=True, help="Switch: steps between LoRA changes.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,

@@ -12,8 +12,8 @@ from composer.params import GroundingParams
 def test_method_for_roles():
     assert method_for_roles(["object", "object"]) == "fusion"
     assert method_for_roles(["object", "background", "object", "attribute"]) == "fusion"
-    assert method_for_roles(["object", "attribute"]) == "merge"
-    assert method_for_roles(["attribute", "background", "object"]) == "merge"
+    assert method_for_roles(["object", "attribute"]) == "fusion"  # the attribute rides along
+    assert method_for_roles(["attribute", "background", "object"]) == "fusion"
     assert method_for_roles(["object", "background"]) == "fusion"
     assert method_for_roles(["style", "object"]) == "fusion"
     assert method_for_roles(["attribute", "background"]) == "loratorio"  # an attribute of no object
@@ -21,7 +21,7 @@ def test_method_for_roles():
     assert method_for_roles(["object"]) == "loratorio"
 
 
-@pytest.mark.parametrize("names, chosen", [(("cat", "dog"), "fusion"), (("cat", "hat"), "merge"),
+@pytest.mark.parametrize("names, chosen", [(("cat", "dog"), "fusion"), (("cat", "hat"), "fusion"),
                                            (("hat", "forest"), "loratorio")])
 def test_by_role_runs_the_chosen_method_unchanged(categorised, names, chosen):
     composer, paths = categorised

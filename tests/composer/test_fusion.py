@@ -122,7 +122,7 @@ def test_an_object_draws_alone_with_its_attribute_merged(categorised):
     assert fused.report["options"]["ride_along"] is True and "Ride along: True" in fused.parameters
 
 
-def test_riders_are_the_styles_and_the_attributes_an_object_is_named_with():
+def test_riders_are_the_attributes_an_object_is_named_with():
     from types import SimpleNamespace as NS
 
     from composer.grounding.phrases import unit_of
@@ -135,9 +135,9 @@ def test_riders_are_the_styles_and_the_attributes_an_object_is_named_with():
     grounder = NS(roles=["object", "object", "attribute", "background", "style"], units=units,
                   owners=[None, None, 0, None, None])
     ctx = NS(loras=loras)
-    assert riders(ctx, grounder, 0) == [2, 4] and riders(ctx, grounder, 1) == [2, 4]
+    assert riders(ctx, grounder, 0) == [2] and riders(ctx, grounder, 1) == [2]  # a style never rides
     grounder.units[1] = unit_of("a bouba on the right", "a bouba")  # a bouba named without the halo
-    assert riders(ctx, grounder, 1) == [4]
+    assert riders(ctx, grounder, 1) == []
 
 
 def test_an_object_draws_alone_on_a_plain_background():
