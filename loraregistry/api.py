@@ -33,6 +33,14 @@ LIST_ORDERS = {"id": (), "downloads": (Version.downloads,), "rating": (Version.r
 assert tuple(LIST_ORDERS) == LIST_SORTS
 
 
+def list_order(sort: str) -> list:
+    """The ORDER BY clauses of a ``sort`` of ``LIST_ORDERS``: highest first, entries without the
+    stat last, then by id; InvalidInput for an unknown one."""
+    if sort not in LIST_ORDERS:
+        raise InvalidInput(f"unknown sort {sort!r}: one of {', '.join(LIST_ORDERS)}")
+    return [c.desc().nulls_last() for c in LIST_ORDERS[sort]] + [Version.id]
+
+
 class Registry:
     """A registry: SQL (the source of truth) plus the FAISS index derived from its embeddings."""
 
@@ -196,8 +204,7 @@ class Registry:
         """Entries in ``sort`` order (``LIST_ORDERS``: id, or most downloaded / best rated first,
         entries without the stat last); ``query`` is a part of the model name, ``tag``/``creator``
         exact (case-insensitive), ``format`` a file format (registry.formats)."""
-        if sort not in LIST_ORDERS:
-            raise ValueError(f"unknown sort {sort!r}: one of {', '.join(LIST_ORDERS)}")
+        order = list_order(sort)
         with self.session() as session:
             stmt = version_query().join(Version.model)
             if base:
@@ -212,8 +219,7 @@ class Registry:
                 stmt = stmt.where(func.lower(LoraModel.creator) == creator.strip().lower())
             if query:
                 stmt = stmt.where(LoraModel.name.ilike(f"%{query}%"))
-            order = LIST_ORDERS[sort]
-            stmt = stmt.order_by(*[c.desc().nulls_last() for c in order], Version.id)
+            stmt = stmt.order_by(*order)
             return [entry_of(v) for v in session.scalars(stmt.limit(limit).offset(offset))]
 
     def stats(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from registry.errors import InvalidInput, NotFound
+from registry.errors import NotFound
 from registry.models import LoraFile, LoraModel, Tag, Version, model_tags
 from registry.service import LoraEntry, entries_by_id, entry_of, version_query
 
@@ -82,10 +82,9 @@ class SerialSearch:
 def list_entries(registry: Any, filters: Filters, limit: int, offset: int, name: str | None = None,
                  sort: str = "id") -> Page:
     """Entries in ``sort`` order (as ``loraregistry list --sort``), filtered, with their total."""
-    from loraregistry.api import LIST_ORDERS
+    from loraregistry.api import list_order
 
-    if sort not in LIST_ORDERS:
-        raise InvalidInput(f"unknown sort {sort!r}: one of {', '.join(LIST_ORDERS)}")
+    order = list_order(sort)
     stmt = select(Version.id).join(Version.model)
     if filters.base:
         stmt = stmt.where(Version.base_family == filters.base)
@@ -101,7 +100,6 @@ def list_entries(registry: Any, filters: Filters, limit: int, offset: int, name:
         stmt = stmt.where(LoraModel.name.ilike(f"%{name}%"))
     with registry.session() as session:
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        order = [c.desc().nulls_last() for c in LIST_ORDERS[sort]] + [Version.id]
         ids = list(session.scalars(stmt.order_by(*order).limit(limit).offset(offset)))
         found = entries_by_id(session, ids)
         entries = [found[i] for i in ids if i in found]
