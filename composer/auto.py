@@ -106,7 +106,7 @@ class Selection:
             f"LoRA selection: {self.mode}",
             f'Selection: "K={len(self.candidates)}, k={self.k}, threshold={self.params.threshold:g}, '
             f'retrieval weight={self.params.retrieval_weight:g}, '
-            f'probe steps={probe.steps if probe else 0}, probe top-k={probe.top_k if probe else None}, '
+            f'probe steps={probe.steps if probe else 0}, probe start={probe.start if probe else 0}, probe top-k={probe.top_k if probe else None}, '
             f'probe UNet samples={probe.unet_samples if probe else 0}"',
             'Candidates: "' + "; ".join(fmt(c) for c in self.candidates) + '"',
         ] + ([f'Left to the base model: "{"; ".join(self.unserved)}"'] if self.unserved else []))
@@ -214,7 +214,8 @@ class AutoComposer:
 
     def _probe(self, prompt: str, loaded: list[tuple[Candidate, LoadedLora]], gen: Generation, sel: SelectionParams,
                top_k: int | None, params: LoratorioParams) -> ProbeRun:
-        run = run_probe(self.composer, prompt, [a for _, a in loaded], gen, probe_steps=sel.probe_steps, p=params.p,
+        run = run_probe(self.composer, prompt, [a for _, a in loaded], gen, probe_steps=sel.probe_steps,
+                        start=sel.probe_start_step(gen.steps), p=params.p,
                         tau=params.tau, top_k=top_k)
         cands = [c for c, _ in loaded]
         retrieval = None
@@ -286,6 +287,8 @@ class AutoComposer:
             raise SelectionError(f"retrieval weight must be in [0, 1], got {sel.retrieval_weight}")
         if not 1 <= sel.probe_steps <= gen.steps:
             raise SelectionError(f"probe steps must be between 1 and the {gen.steps} denoising steps, got {sel.probe_steps}")
+        if not 0.0 <= sel.probe_start < 1.0:
+            raise SelectionError(f"the probe's start is a fraction of the denoising steps in [0, 1), got {sel.probe_start}")
         k = sel.keep
         if k is not None and k < 1:
             raise SelectionError(f"k must be >= 1, got {k}")
@@ -303,8 +306,8 @@ class AutoComposer:
         """Pick the LoRAs for ``prompt`` (from ``pool``, or the registry) and compose them with ``method``.
 
         ``selection.reuse_probe``: start the composition from the probe's latents (its P steps are
-        replayed, not recomputed), which saves P steps of the composition's UNet work; the first P
-        steps are then the probe's dynamic LoRAtorio over every candidate rather than the survivors'."""
+        replayed, not recomputed), which saves S + P steps of the composition's UNet work; those
+        steps are then the base model's own (the probe follows the base's path) rather than the survivors'."""
         if method not in methods.NAMES or not methods.method_class(method).needs_loras:
             raise SelectionError(f"method must be one of {', '.join(m for m in methods.NAMES if m != 'base')}, got {method!r}")
         gen, sel = settings_of(gen, selection, settings)

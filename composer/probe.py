@@ -1,14 +1,22 @@
-"""The probe: the first P denoising steps with all K candidates, in batched UNet calls.
+"""The probe: P denoising steps with all K candidates, in batched UNet calls.
 
-It runs the stock pipeline with :class:`composer.denoiser.MultiLoraDenoiser` in LoRAtorio's
-dynamic setting (per-patch top-k over the candidates), so the latents it advances are those of a
-real LoRAtorio composition of the K candidates, and records each step's patch similarities for
-:func:`composer.relevance.probe_scores`. Two savings over a full LoRAtorio step:
+It runs the stock pipeline with :class:`composer.denoiser.MultiLoraDenoiser`: the base model alone
+for the first S steps (``start``), then every candidate beside it for P steps, and records each
+probe step's conditional predictions (for :func:`composer.relevance.strength` and ``agreement``)
+and LoRAtorio's patch similarities (for :func:`composer.relevance.probe_scores`). The latents follow
+the base model's own path throughout, so every candidate is measured from the same place.
 
-* guidance uses the base model's unconditional prediction alone (LoRAtorio with lambda = 1), so a
-  step costs K + 2 UNet samples instead of 2(K + 1); the score only reads conditional predictions;
-* after step P the pipeline is interrupted (``pipe._interrupt``, diffusers' own early stop) and
-  returns latents, so nothing further is denoised or decoded.
+Why start late and follow the base: at the first steps the latents are noise, and a weak copy of a
+LoRA moves the prediction about as much as the full one; a few steps in, where the base has laid
+out the image, the full one moves it more. Along the base's path, from step 6 of 25, the full
+ToyWorld LoRA moved it more than its quarter-trained copy for every skill, prompt and seed of a
+first measurement (toyworld_selection.md), against 47% for the kiki at steps 0-2 of a LoRAtorio
+path of all candidates (the probe as it was, whose latents the whole-image candidates steer).
+
+Savings over a full step: the S base steps cost 2 UNet samples each; a probe step uses the base's
+unconditional prediction alone (the score only reads conditional ones), K + 2 samples instead of
+2(K + 1); after step S + P the pipeline is interrupted (``pipe._interrupt``, diffusers' own early
+stop) and returns latents, so nothing further is denoised or decoded.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from typing import Any
 
 import torch
 
-from composer.denoiser import BASE, MultiLoraDenoiser, installed
+from composer.denoiser import BASE, Combined, MultiLoraDenoiser, installed
 from composer.loras import LoadedLora
 from composer.methods.loratorio import loratorio_combine
 from composer.params import Generation, LoratorioParams
@@ -37,9 +45,10 @@ class ProbeRun:
     outputs: list[torch.Tensor] = field(default_factory=list)  # each step's guided prediction, for replay
     strength: torch.Tensor | None = None  # (N,) composer.relevance.strength
     agreement: torch.Tensor | None = None  # (N, N) composer.relevance.agreement
+    start: int = 0  # steps the base ran alone before the probe's
 
     def report(self) -> dict[str, Any]:
-        return {"steps": self.steps, "top_k": self.top_k, "unet_calls": self.unet_calls,
+        return {"steps": self.steps, "start": self.start, "top_k": self.top_k, "unet_calls": self.unet_calls,
                 "unet_samples": self.unet_samples, "seconds": round(self.seconds, 3)}
 
 
@@ -57,14 +66,16 @@ class _StopAfter:
         return callback_kwargs
 
 
-def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *, probe_steps: int,
+def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *, probe_steps: int, start: int = 0,
               p: int = LoratorioParams.p, tau: float = LoratorioParams.tau, top_k: int | None = None) -> ProbeRun:
-    """Run the first ``probe_steps`` of ``gen.steps`` (same schedule and seed as the composition)
-    with every LoRA of ``loras`` and score each one (``composer`` is a ``composer.api.Composer``)."""
+    """Run steps ``start`` .. ``start + probe_steps - 1`` of ``gen.steps`` (same schedule and seed
+    as the composition, the base model alone before them) with every LoRA of ``loras`` and score
+    each one (``composer`` is a ``composer.api.Composer``)."""
     if not loras:
         raise ValueError("the probe needs at least one candidate LoRA")
-    if not 1 <= probe_steps <= gen.steps:
-        raise ValueError(f"probe steps must be between 1 and the {gen.steps} denoising steps, got {probe_steps}")
+    if not 1 <= probe_steps or start < 0 or start + probe_steps > gen.steps:
+        raise ValueError(f"the probe's start ({start}) and steps ({probe_steps}) must fit in the {gen.steps} "
+                         "denoising steps (steps >= 1, start >= 0)")
     t0 = time.perf_counter()
     pipe = composer.pipe
     enc: dict = {}
@@ -72,26 +83,37 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
     branches += [composer.branch(a.adapter, prompt, gen.negative_prompt, [a], enc) for a in loras]
     pipe.enable_lora()
     pipe.set_adapters([a.adapter for a in loras], [a.weight for a in loras])
-    # Dynamic LoRAtorio with lambda = 1 (the base's unconditional prediction alone); the callback
-    # keeps each step's patch similarities (N, B, Hp, Wp) for the scores.
+    # LoRAtorio with lambda = 1 gives each probe step's patch similarities (N, B, Hp, Wp); the
+    # latents advance with the base's own guided prediction (the first branch).
     params = LoratorioParams(p=p, tau=tau, lam=1.0, k=top_k)
     similarities: list[torch.Tensor] = []
     deltas: list[torch.Tensor] = []
     bases: list[torch.Tensor] = []
 
+    def combine(u: torch.Tensor, c: torch.Tensor, step: int) -> Combined:
+        if c.shape[0] == 1:  # the base alone, before the probe's steps
+            return Combined(u[0], c[0])
+        out = loratorio_combine(params, u, c)
+        return Combined(u[0], c[0], out.weights, out.extras)
+
     def observe(info: dict) -> None:
+        if info["step"] + 1 == start:  # the probe's steps run every candidate beside the base
+            denoiser.select(range(len(branches)))
+        if info["step"] < start:
+            return
         similarities.append(info["similarity"].detach().float().cpu())
         eps_c = info["eps_c"].detach().float().cpu()  # (N + 1, B, ...): the base first
         deltas.append(eps_c[1:] - eps_c[:1])
         bases.append(eps_c[0])
 
-    denoiser = MultiLoraDenoiser(pipe.unet, branches, lambda u, c, step: loratorio_combine(params, u, c),
-                                 uncond_branches=1, record=True, callback=observe)
+    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1, record=True, callback=observe)
+    if start:
+        denoiser.select([0])
     first = branches[0]
     kwargs: dict[str, Any] = dict(
         prompt_embeds=first.cond, negative_prompt_embeds=first.uncond, num_inference_steps=gen.steps,
         guidance_scale=gen.cfg, height=gen.height, width=gen.width, output_type="latent",
-        generator=torch.Generator("cpu").manual_seed(gen.seed), callback_on_step_end=_StopAfter(probe_steps),
+        generator=torch.Generator("cpu").manual_seed(gen.seed), callback_on_step_end=_StopAfter(start + probe_steps),
     )
     if composer.is_sdxl:
         kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
@@ -99,4 +121,4 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
         pipe(**kwargs)
     sim, d = torch.stack(similarities), torch.stack(deltas)
     return ProbeRun(sim, probe_scores(sim, top_k), probe_steps, top_k, denoiser.unet_calls, denoiser.unet_samples,
-                    time.perf_counter() - t0, denoiser.outputs, strength(d, torch.stack(bases)), agreement(d))
+                    time.perf_counter() - t0, denoiser.outputs, strength(d, torch.stack(bases)), agreement(d), start)

@@ -109,6 +109,8 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--keep", type=click.IntRange(1), default=None,
               help=f"Without --lora: most LoRAs to keep (k; default {SelectionParams.MAX_KEEP}, at most the pool).")
 @click.option("--probe-steps", type=click.IntRange(1), default=_SEL.probe_steps, show_default=True, help="Without --lora: denoising steps of the probe (P).")
+@click.option("--probe-start", type=click.FloatRange(0, 1, max_open=True), default=_SEL.probe_start, show_default=True,
+              help="Without --lora: where the probe starts, as a fraction of the steps (the base runs alone before it).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=_SEL.threshold, show_default=True,
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
 @click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=_SEL.retrieval_weight, show_default=True,
@@ -118,7 +120,7 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
                    "0: one global ranking with --threshold.")
 @click.option("--reuse-probe/--no-reuse-probe", default=_SEL.reuse_probe, show_default=True,
               help="Without --lora: continue from the probe's latents instead of recomputing its steps "
-                   "(saves P steps of composition; see benchmarks/results/toyworld_auto.md).")
+                   "(saves S + P steps of composition; see benchmarks/results/toyworld_auto.md).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @queue_option
 @results_option
@@ -183,7 +185,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
                                 repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"))
-    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "threshold", "retrieval_weight", "reuse_probe"),
+    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
 

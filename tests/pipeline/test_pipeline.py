@@ -59,6 +59,21 @@ def test_probe_ranks_active_lora_above_identity(auto, dump):
     assert by["kiki"].probe["score"] > by["inert"].probe["score"] and by["inert"].combined < 0.05
 
 
+def test_probe_measures_each_candidate_on_the_base_path(auto, dump):
+    """The probe's latents follow the base model (the first S steps alone, then beside every
+    candidate), so a candidate's strength does not depend on which other candidates are probed:
+    the same kiki LoRA measures the same beside an inert LoRA as beside a strong stripes LoRA."""
+    kw = dict(steps=4, probe_steps=2, probe_start=0.5, width=32, height=32, seed=5)
+    with_inert = {c.name: c for c in auto.probe("a kiki on the left, stripes", pool=[dump["kiki"], dump["inert"]], **kw)}
+    with_stripes = {c.name: c for c in auto.probe("a kiki on the left, stripes", pool=[dump["kiki"], dump["stripes"]], **kw)}
+    a, b = with_inert["kiki"].probe["strength"], with_stripes["kiki"].probe["strength"]
+    assert a > 0.01 and abs(a - b) < 1e-4 * a
+    # and the probe starts later along the same path: a different step, a different measurement
+    early = {c.name: c for c in auto.probe("a kiki on the left, stripes", pool=[dump["kiki"], dump["inert"]],
+                                           **(kw | {"probe_start": 0.0}))}
+    assert abs(early["kiki"].probe["strength"] - a) > 1e-3 * a
+
+
 def test_compose_from_registry_report_and_png(auto, tmp_path):
     r = auto.compose("a kiki on the left, checkerboard background, stripes, inert", k=2, threshold=0.0, seed=3, **FAST)
     rep = r.report
@@ -71,10 +86,11 @@ def test_compose_from_registry_report_and_png(auto, tmp_path):
     assert {d["name"] for d in sel["dropped"]} == {c["name"] for c in sel["candidates"]} - set(sel["survivors"])
     assert "Inert LoRA" not in sel["survivors"]
     assert [x["name"] for x in rep["loras"]] == sel["survivors"]
-    assert sel["probe"]["steps"] == 2 and sel["probe"]["unet_calls"] == 2
-    assert sel["probe"]["unet_samples"] == 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
+    # the base alone for S = round(0.24 x 4) = 1 step, then 2 probe steps with every candidate
+    assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 1 and sel["probe"]["unet_calls"] == 3
+    assert sel["probe"]["unet_samples"] == 1 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
     assert rep["unet_samples"] == 4 * 2 * 3  # compose: 4 steps x 2 halves x (base + 2)
-    assert rep["unet_samples_total"] == 12 + 24
+    assert rep["unet_samples_total"] == 14 + 24
     assert set(sel["seconds"]) >= {"retrieve", "load", "probe", "compose", "total"}
     assert set(sel["mean_patch_weights"]) == set(sel["survivors"])
     path = tmp_path / "auto.png"
@@ -195,10 +211,11 @@ def test_compose_can_reuse_the_probe_steps(auto):
     plain = auto.compose(prompt, k=2, threshold=0.0, seed=3, **FAST)
     reused = auto.compose(prompt, k=2, threshold=0.0, seed=3, reuse_probe=True, **FAST)
     assert reused.report["selection"]["survivors"] == plain.report["selection"]["survivors"]
-    assert plain.report["replayed_steps"] == 0 and reused.report["replayed_steps"] == 2
-    # compose: the 2 replayed steps cost nothing; 2 steps x 2 halves x (base + 2) remain
-    assert reused.report["unet_samples"] == 2 * 2 * 3 and plain.report["unet_samples"] == 4 * 2 * 3
-    assert reused.report["unet_samples_total"] == plain.report["unet_samples_total"] - 2 * 2 * 3
+    # the probe's 1 base step and 2 probe steps are replayed
+    assert plain.report["replayed_steps"] == 0 and reused.report["replayed_steps"] == 3
+    # compose: the 3 replayed steps cost nothing; 1 step x 2 halves x (base + 2) remains
+    assert reused.report["unet_samples"] == 1 * 2 * 3 and plain.report["unet_samples"] == 4 * 2 * 3
+    assert reused.report["unet_samples_total"] == plain.report["unet_samples_total"] - 3 * 2 * 3
 
 
 def test_unsupported_candidate_is_dropped_with_its_reason(sd1_dir, dump, tmp_path):
