@@ -51,9 +51,10 @@ class SelectionParams:
     The default prunes by phrase (``per_phrase``): retrieval says which phrase a candidate may
     serve, the probe's strength and agreement decide among a phrase's candidates. Measured on
     ToyWorld with 24 distractors beside the 8 skill LoRAs (benchmarks/results/toyworld_selection.md,
-    1-4 skills x 4 seeds): the kept LoRAs draw exactly the prompt's skills in 92% of runs, against 0%
-    for the global ranking (``per_phrase=None``: k with ``threshold`` on retrieval^w x probe^(1-w), w =
-    ``retrieval_weight``), whose probe prefers whole-image LoRAs (they diverge from the base everywhere).
+    1-4 skills x 4 seeds): the kept LoRAs draw exactly the prompt's skills in 91% of runs (exactly the
+    good LoRAs, no weak copy: 35%), against 0% for the global ranking (``per_phrase=None``: k with
+    ``threshold`` on retrieval^w x probe^(1-w), w = ``retrieval_weight``), whose probe prefers
+    whole-image LoRAs (they diverge from the base everywhere).
     """
 
     candidates: int = 16  # K, retrieved from the registry

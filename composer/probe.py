@@ -6,12 +6,14 @@ probe step's conditional predictions (for :func:`composer.relevance.strength` an
 and LoRAtorio's patch similarities (for :func:`composer.relevance.probe_scores`). The latents follow
 the base model's own path throughout, so every candidate is measured from the same place.
 
-Why start late and follow the base: at the first steps the latents are noise, and a weak copy of a
-LoRA moves the prediction about as much as the full one; a few steps in, where the base has laid
-out the image, the full one moves it more. Along the base's path, from step 6 of 25, the full
-ToyWorld LoRA moved it more than its quarter-trained copy for every skill, prompt and seed of a
-first measurement (toyworld_selection.md), against 47% for the kiki at steps 0-2 of a LoRAtorio
-path of all candidates (the probe as it was, whose latents the whole-image candidates steer).
+Why start later and follow the base: at the first steps the latents are noise, and a quick-trained
+copy of a LoRA moves the prediction about as much as the full one; a few steps in, where the base
+has laid out the image, the full one mostly moves it more. Along the base's path at steps 6-8 of 25
+the full ToyWorld LoRA moved it more than its quarter-trained copy in every (prompt, seed) pair of
+five skills, checkerboard 67-75%, and the halo (drawn late) only from step 12
+(benchmarks/results/toyworld_probe_steps.md). Following the base also makes a candidate's
+measurement independent of the other candidates (whole-image candidates steered the LoRAtorio path
+the probe used to follow).
 
 Savings over a full step: the S base steps cost 2 UNet samples each; a probe step uses the base's
 unconditional prediction alone (the score only reads conditional ones), K + 2 samples instead of

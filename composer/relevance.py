@@ -105,7 +105,7 @@ def phrase_scores(power: torch.Tensor, agree: torch.Tensor, phrases: list[str | 
     LoRA moves the prediction far more than an object LoRA), agreements over 0.3-0.7, so with a
     plain product a strong mislabelled LoRA outvoted its peers. Squared agreement (the same ranking
     as agreement x sqrt(strength)) halved the mislabelled survivors on ToyWorld and held on seeds it
-    was not chosen on (benchmarks/results/toyworld_selection.md)."""
+    was not chosen on (benchmarks/results/toyworld_selection_lorapath.md)."""
     n = power.shape[0]
     active = [True] * n if active is None else active
     out = power.clone().float()
@@ -219,7 +219,7 @@ def prune(scores: torch.Tensor, k: int, threshold: float = 0.0) -> tuple[list[in
 
 # A dropped candidate within this fraction of its phrase's kept one is reported as a close call, so
 # that a user knows the probe barely chose. It is information, not a cure: in the selection
-# benchmark's runs (toyworld_selection.json) 184 of the 521 drops of a good LoRA for another
+# benchmark's runs (toyworld_selection_lorapath.json, the probe before it followed the base) 184 of the 521 drops of a good LoRA for another
 # candidate were close calls, and 310 of the 1,080 drops of another candidate for the good LoRA.
 CLOSE_CALL = 0.9
 
