@@ -97,7 +97,7 @@ def probe_runs(args, sel) -> tuple[list[dict], dict[str, str], float]:
         for i, skills in enumerate(task_skill_sets(n)):
             task = task_for(skills, np.random.default_rng([7, n, i]))
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
+                s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, probe_start=sel.probe_start)
                 if s.probe is None:  # one loadable candidate: kept without a probe, whatever the strategy
                     scored = s.survivors
                     strength, agree = [1.0], [[1.0]]
@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--no-distractors", action="store_true")
     ap.add_argument("--dump", type=Path, default=None, help="the skill LoRAs (default: the built-in dump)")
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)))
+    ap.add_argument("--probe-start", type=float, default=None, help="the probe's start (default: SelectionParams')")
     ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_selection")
     ap.add_argument("--report-only", action="store_true", help="no probes: redo the report from the .json beside --out")
     args = ap.parse_args()
@@ -144,8 +145,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from composer.params import SelectionParams
+    from loraregistry.builtin import BUILTIN_STEPS
 
-    sel = SelectionParams()
+    sel = SelectionParams() if args.probe_start is None else SelectionParams(probe_start=args.probe_start)
     if args.report_only:
         saved = json.loads(args.out.with_suffix(".json").read_text())
         runs, kinds, seconds = saved["runs"], saved["kinds"], saved.get("seconds", float("nan"))
@@ -187,7 +189,7 @@ def main() -> None:
              f"{f' --first-seed {args.first_seed}' if args.first_seed else ''}"
              f"{' --no-distractors' if args.no_distractors else ''}`: registry = {reg}; every skill set of SPEC "
              f"with 1-4 skills x {args.seeds} seeds (from {args.first_seed}; {len(runs)} runs), K = {sel.candidates} candidates, "
-             f"P = {sel.probe_steps} probe steps, {seconds:.0f} s. Exact = the survivors are exactly the task's "
+             f"P = {sel.probe_steps} probe steps from step {sel.probe_start_step(BUILTIN_STEPS)} of {BUILTIN_STEPS}, {seconds:.0f} s. Exact = the survivors are exactly the task's "
              "skill LoRAs. Combined = retrieval weight "
              f"{sel.retrieval_weight}; global = the old default pruning (k = 4, threshold {sel.threshold}); "
              "phrase = each phrase keeps its best candidate; agreement = the phrase-wise probe (retrieval says which phrase "
