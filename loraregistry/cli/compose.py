@@ -120,7 +120,7 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
                    "0: one global ranking with --threshold.")
 @click.option("--reuse-probe/--no-reuse-probe", default=_SEL.reuse_probe, show_default=True,
               help="Without --lora: continue from the probe's latents instead of recomputing its steps "
-                   "(saves S + P steps of composition; see benchmarks/results/toyworld_auto.md).")
+                   "(saves S + P steps of composition).")
 @click.option("--cache-mb", type=click.IntRange(0), default=4096, show_default=True, help="LoRA weights kept loaded between jobs (MiB).")
 @queue_option
 @results_option
