@@ -66,8 +66,16 @@ class Ingester:
         self._dirty_models.add(model.id)
 
     # -- catalogs -------------------------------------------------------------------------
+    def _load_embedder(self) -> None:
+        # Load the embedding model before the write lock is taken: loading takes seconds (more on a
+        # busy machine), and a SQLite writer holds the lock until its batch commits, so another
+        # process opening the same registry (two queue workers on one machine) waited on it until
+        # its busy timeout and failed with "database is locked".
+        self.registry.embedder()
+
     def ingest_catalog(self, path: str) -> IngestReport:
         start = time.perf_counter()
+        self._load_embedder()
         with self.registry.session(write=True) as session:
             tx = self._transactions(session)
             batch: list[tuple[int, ModelRecord]] = []
@@ -98,6 +106,7 @@ class Ingester:
         items += [("record", p) for p in walked.records]
         items += [("adapter", c) for c in walked.adapters]
         seen = {p if kind != "adapter" else p.path for kind, p in items}
+        self._load_embedder()
         with self.registry.session(write=True) as session:
             tx = self._transactions(session)
             for i in range(0, len(items), self.batch_size):

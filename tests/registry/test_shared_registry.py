@@ -215,3 +215,34 @@ def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot write to the registry: attempt to write a readonly database"):
         reg.ingest(tmp_path / "dump")
     reg.close()
+
+
+def test_ingest_loads_its_embedder_before_taking_the_write_lock(tmp_path: Path) -> None:
+    """Loading the embedding model takes seconds (more on a busy machine). An ingest that loaded it
+    inside its SQLite write transaction held the lock meanwhile, and a second process opening the
+    same registry (two queue workers on one machine) failed with "database is locked" once its busy
+    timeout ran out. Whenever the model is asked for first, another connection can still write."""
+    import sqlite3
+
+    db = tmp_path / "registry.db"
+    reg = open_registry(f"sqlite:///{db}", index_dir=tmp_path / "index")
+    make_tagged_dump(tmp_path / "dump", 3)
+    loaded = type(reg).embedder
+    free_at_first_call: list[bool] = []
+
+    def embedder(self):
+        if not free_at_first_call:
+            other = sqlite3.connect(db, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                free_at_first_call.append(True)
+            except sqlite3.OperationalError:  # "database is locked": this ingest holds the write lock
+                free_at_first_call.append(False)
+            finally:
+                other.close()
+        return loaded(self)
+
+    reg.embedder = embedder.__get__(reg)
+    report = reg.ingest(tmp_path / "dump")
+    assert report.counts["embedded"] == 3 + 1 and free_at_first_call == [True]
