@@ -64,10 +64,6 @@ class SelectionParams:
     # first S = round(probe_start x steps) (at most steps - P). composer.probe says why: from step 6 of
     # 25, a full LoRA moves the prediction more than its quick-trained copy; at steps 0-2 about as much.
     probe_start: float = 0.24
-
-    def probe_start_step(self, steps: int) -> int:
-        """S for a run of ``steps`` denoising steps."""
-        return max(0, min(round(self.probe_start * steps), steps - self.probe_steps))
     threshold: float = 0.5  # relative to the best combined score
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k
@@ -85,6 +81,10 @@ class SelectionParams:
     agreement_power: float = 2.0
 
     MAX_KEEP = 4
+
+    def probe_start_step(self, steps: int) -> int:
+        """S for a run of ``steps`` denoising steps."""
+        return max(0, min(round(self.probe_start * steps), steps - self.probe_steps))
 
 
 @dataclass

@@ -59,6 +59,16 @@ def test_probe_ranks_active_lora_above_identity(auto, dump):
     assert by["kiki"].probe["score"] > by["inert"].probe["score"] and by["inert"].combined < 0.05
 
 
+def test_probe_start_is_a_fraction_of_the_steps_that_leaves_room_for_the_probe():
+    from composer.params import SelectionParams
+
+    assert SelectionParams().probe_start_step(25) == 6  # round(0.24 x 25)
+    assert SelectionParams().probe_start_step(50) == 12
+    assert SelectionParams(probe_steps=2).probe_start_step(4) == 1
+    assert SelectionParams(probe_steps=3).probe_start_step(3) == 0  # no room: the probe starts at once
+    assert SelectionParams(probe_start=0.9, probe_steps=3).probe_start_step(10) == 7
+
+
 def test_probe_measures_each_candidate_on_the_base_path(auto, dump):
     """The probe's latents follow the base model (the first S steps alone, then beside every
     candidate), so a candidate's strength does not depend on which other candidates are probed:
