@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--ns", default="2", help="how many skills per task (e.g. 1,2,3)")
     ap.add_argument("--no-distractors", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe-start", type=float, default=None, help="the probe's start (SelectionParams.probe_start)")
     ap.add_argument("--out", type=Path, default=RESULTS / "toyworld_auto.md")
     ap.add_argument("--report-only", action="store_true", help="no new images: the report from --out's .json")
     ap.add_argument("--minutes", type=float, default=None, help="--report-only: the run's minutes, for the report")
@@ -75,7 +76,8 @@ def main() -> None:
     tasks = [(n, task_for(skills, np.random.default_rng([7, n, i]))) for n in ns
              for i, skills in enumerate(task_skill_sets(n))]
     kw = dict(steps=BUILTIN_STEPS, cfg=BUILTIN_CFG)
-    ac.compose(tasks[0][1].prompt, seed=0, **kw)  # warm-up: LoRA files read and cached, first-call costs paid
+    auto_kw = kw if args.probe_start is None else kw | {"probe_start": args.probe_start}
+    ac.compose(tasks[0][1].prompt, seed=0, **auto_kw)  # warm-up: LoRA files read and cached, first-call costs paid
     rows = []
     t0 = time.time()
     for ti, (n, task) in enumerate(tasks):
@@ -88,7 +90,7 @@ def main() -> None:
                     r = ac.composer.run(job)
                     samples, kept = r.report["unet_samples"], sorted(f"toyworld_{s}" for s in task.skills)
                 else:
-                    r = ac.compose(task.prompt, seed=seed, **kw)
+                    r = ac.compose(task.prompt, seed=seed, **auto_kw)
                     samples = r.report["unet_samples_total"]
                     kept = sorted(Path(c.path).stem for c in r.selection.survivors)
                 seconds = time.perf_counter() - t
@@ -105,20 +107,25 @@ def main() -> None:
 
 
 def write_report(rows: list[dict], args, seconds: float, method: str) -> str:
+    from composer.params import SelectionParams
     from loraregistry.builtin import BUILTIN_CFG, BUILTIN_STEPS
 
     def mean(run: str, key: str, where=lambda r: True) -> float:
         vals = [r[key] for r in rows if r["run"] == run and where(r)]
         return float(np.mean(vals)) if vals else float("nan")
 
+    sel = SelectionParams() if args.probe_start is None else SelectionParams(probe_start=args.probe_start)
+    start = sel.probe_start_step(BUILTIN_STEPS)
     registry = "the dump alone" if args.no_distractors else "the dump and the 24 distractors"
     lines = ["# Retrieve + probe + compose on ToyWorld", "",
              f"`python benchmarks/bench_toyworld_auto.py --seeds {args.seeds} --ns {args.ns}"
-             f"{' --no-distractors' if args.no_distractors else ''} --threads {args.threads}`: registry = {registry}; "
+             f"{' --no-distractors' if args.no_distractors else ''} --threads {args.threads}"
+             f"{'' if args.probe_start is None else f' --probe-start {args.probe_start}'}`: registry = {registry}; "
              f"every skill set of SPEC with N = {args.ns} skills x {args.seeds} seeds, {len(rows)} images in "
              f"{seconds / 60:.1f} min (torch {torch.__version__}, {args.threads} thread(s), shared 2-core CPU). DDIM "
              f"{BUILTIN_STEPS} steps, CFG {BUILTIN_CFG}; both runs compose with the default method ({method}); auto = "
-             "the CLI's selection defaults. Success: the SPEC detector finds every named skill and no unnamed object.",
+             "the CLI's selection defaults (the probe from step "
+             f"{start}). Success: the SPEC detector finds every named skill and no unnamed object.",
              "", "| run | task success | kept exactly the skill LoRAs | kept the right skills | UNet samples / image | "
              "vs hand-given | s / image | vs hand-given |", "|---|---|---|---|---|---|---|---|"]
     for n_skills in sorted({r["n"] for r in rows}) + [None]:

@@ -307,7 +307,7 @@ class Composer:
         if self.is_sdxl:
             kwargs.update(pooled_prompt_embeds=first.pooled_cond, negative_pooled_prompt_embeds=first.pooled_uncond)
         with torch.inference_mode(), installed(self.pipe, denoiser), method.hooks(ctx, denoiser):
-            image = self.pipe(**kwargs).images[0]
+            image = method.finish(ctx, self.pipe(**kwargs).images[0])
         per_step = method.step_weights(ctx, denoiser, job.steps)
         seconds = time.perf_counter() - t0
         height = job.height or image.height

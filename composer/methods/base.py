@@ -11,6 +11,8 @@ from composer.denoiser import Branch, Combined, MultiLoraDenoiser
 from composer.loras import LoadedLora
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from composer.api import Composer, Job
 
 
@@ -69,6 +71,10 @@ class Method:
     def hooks(self, ctx: MethodContext, denoiser: MultiLoraDenoiser) -> contextlib.AbstractContextManager:
         """What the method installs in the UNet's layers for the run (taken out after, also on error)."""
         return contextlib.nullcontext()
+
+    def finish(self, ctx: MethodContext, image: "Image.Image") -> "Image.Image":
+        """The image the job returns, from the pipeline's decoded first image (pixel-space work)."""
+        return image
 
     def step_weights(self, ctx: MethodContext, denoiser: MultiLoraDenoiser, steps: int) -> list[torch.Tensor]:
         """Per step, each LoRA's weight ``(N, Hp, Wp)`` for the first image (the weights map)."""

@@ -66,6 +66,9 @@ class ByRole(Method):
     def hooks(self, ctx, denoiser):
         return self.chosen.hooks(ctx, denoiser)
 
+    def finish(self, ctx, image):
+        return self.chosen.finish(ctx, image)
+
     def step_weights(self, ctx, denoiser, steps):
         return self.chosen.step_weights(ctx, denoiser, steps)
 

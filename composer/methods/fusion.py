@@ -12,7 +12,7 @@ region (where its own image departs from the base model's, on the same noise and
 paper's observation, made spatial on the object's own trajectory) is pasted into the composition's
 latent, and those regions become the objects' masks for the remaining steps. With ``repaste``
 (unless a style must act on the objects too) the objects go on drawing alone and are pasted again
-after the last step: the composition places them and draws around them, and the object LoRA
+after the last step, in pixels (each decoded apart): the composition places them and draws around them, and the object LoRA
 finishes its object in the context it knows (a kiki's ring, finished by the composition, filled
 in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
 background the base model knows, with its attributes merged in (``ride_along``: riders).
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from composer.decode import decode_latents, to_pil, to_tensor
 from composer.denoiser import BASE
 from composer.grounding import masks as gm
 from composer.grounding.grounder import FixedMasks
@@ -147,6 +148,7 @@ class Fusion(GroundedLoratorio):
         self.fuse_at = min(self.grounding.fuse_at, ctx.job.steps)
         self.objects = [i for i, r in enumerate(self.grounder.roles) if r == "object"]
         self.fused: torch.Tensor | None = None
+        self.final: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last paste's regions and own latents
         self.own = OwnTrajectories(0)
         self.repaste = False
         if not self.objects or self.fuse_at <= 0:
@@ -211,10 +213,11 @@ class Fusion(GroundedLoratorio):
             if step_index != self.fuse_at - 1 and not (self.repaste and last):
                 return kwargs
             regions = self.object_regions()
-            own = self.own.latents
-            kwargs["latents"] = paste(kwargs["latents"], [own[k] for _, k in self.pairs], regions)
-            if step_index != self.fuse_at - 1:  # the second paste, after the last step
+            own = [self.own.latents[k] for _, k in self.pairs]
+            if step_index != self.fuse_at - 1:  # the second paste, after the last step: in pixels (finish)
+                self.final = (regions, own)
                 return kwargs
+            kwargs["latents"] = paste(kwargs["latents"], own, regions)
             if not self.repaste:
                 denoiser.branch_samples = None  # from the next step on, the composition's branches alone
                 denoiser.select(range(self.n))
@@ -226,6 +229,20 @@ class Fusion(GroundedLoratorio):
             return kwargs
 
         return [fuse]
+
+    def finish(self, ctx, image):
+        """With ``repaste``: each object's own image pasted into the decoded composition, in pixels.
+        Pasted as latents, the decoder drew what straddles the seam anew from both sides (the demo's
+        kiki ring came out lopsided, its hole showing the checkerboard, although its own image held
+        a clean ring); decoded apart, each side keeps its pixels."""
+        if self.final is None:
+            return image
+        regions, own = self.final
+        pixels = to_tensor(image)
+        own_pixels = [decode_latents(ctx.composer.pipe, z[:1]) for z in own]
+        masks = torch.nn.functional.interpolate(regions[:, :1].float().cpu(), size=pixels.shape[-2:], mode="bilinear",
+                                                align_corners=False)
+        return to_pil(paste(pixels, own_pixels, masks))
 
     def object_regions(self) -> torch.Tensor:
         """``(J, B, H, W)`` each object's region at the fusion step: the given masks' (an oracle),
