@@ -61,9 +61,11 @@ class SelectionParams:
     keep: int | None = None  # k (k_max); None: min(MAX_KEEP, the candidates)
     probe_steps: int = 3  # P
     # Where the probe starts, as a fraction of the denoising steps: the base model runs alone for the
-    # first S = round(probe_start x steps) (at most steps - P). composer.probe says why: from step 6 of
-    # 25, a full LoRA moves the prediction more than its quick-trained copy; at steps 0-2 about as much.
-    probe_start: float = 0.24
+    # first S = round(probe_start x steps) (at most steps - P). composer.probe says why: from step 12 of
+    # 25, a full LoRA moves the prediction more than its quick-trained copy (the halo's only from there);
+    # at steps 0-2 about as much. Exact selection on ToyWorld: 66% and 67% (seeds 0-3, 4-7) from step
+    # 12, 35% and 27% from step 6 (benchmarks/results/toyworld_selection*.md).
+    probe_start: float = 0.48
     threshold: float = 0.5  # relative to the best combined score
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k
@@ -114,9 +116,12 @@ class GroundingParams:
     # unknown word drew ToyWorld's kiki in 6 of 12 images, on "light background" in 12 of 12
     # (benchmarks/results/toyworld_fusion.md). Real CLIP encoders know "light background" too.
     plain_background: str | None = "light background"
-    # fusion: the objects go on drawing alone to the last step and are pasted again then (not with
-    # a style LoRA, which must act on them too: the composition finishes them then).
+    # fusion: the objects go on drawing alone to the last step and are pasted again then.
     repaste: bool = True
+    # fusion with a style LoRA, which must act on the objects too: True: the style joins each
+    # object's own trajectory (and its base copy) from the fuse step, once the object's layout is
+    # set, and the objects are repasted; False: no repaste, the composition finishes the objects.
+    style_joins: bool = True
     # fusion: an object draws alone with its attribute LoRAs (clothing) merged in, so that the
     # repaste keeps their work. False: the object alone, and no repaste with an attribute LoRA.
     ride_along: bool = True

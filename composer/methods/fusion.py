@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from composer.decode import decode_latents, to_pil, to_tensor
-from composer.denoiser import BASE
+from composer.denoiser import BASE, Branch
 from composer.grounding import masks as gm
 from composer.grounding.grounder import FixedMasks
 from composer.grounding.phrases import mentions, without
@@ -160,18 +160,28 @@ class Fusion(GroundedLoratorio):
         bases: dict[str, int] = {}
         g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
-        # A style acts on the objects too (merged into an object's own trajectory it cost ToyWorld's
-        # character + style tasks 22/24 -> 8/24, as Merge loses them), and so does an attribute that
-        # does not ride along: the composition finishes the objects then, no repaste.
-        self.repaste = g.repaste and "style" not in roles and (g.ride_along or "attribute" not in roles)
+        # A style acts on the objects too. Merged into an object's own trajectory from the first step
+        # it cost ToyWorld's character + style tasks 22/24 -> 8/24 (as Merge loses them: the style
+        # redraws the layout), so it joins the own trajectories only from the fuse step, once the
+        # layout is set (``style_joins``), or the composition finishes the objects (no repaste). An
+        # attribute that does not ride along acts on the objects too: no repaste.
+        styles = [i for i, r in enumerate(roles) if r == "style"]
+        self.repaste = g.repaste and (g.style_joins or not styles) and (g.ride_along or "attribute" not in roles)
+        # (own index, branch) to switch to at the fuse step: the own trajectories with the style merged in
+        self.styled: list[tuple[int, Branch]] = []
         prompts = object_prompts(ctx.prompt, self.grounder.units, self.objects, backgrounds, g.plain_background)
         for j, p in zip(self.objects, prompts):
             if p not in bases:
                 bases[p] = len(own)
                 own.append(ctx.branch(BASE, None, p))
+                if styles and self.repaste:
+                    self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
+            if styles and self.repaste:
+                self.styled.append((len(own) - 1, ctx.branch(merged(ctx, mine + styles),
+                                                             [ctx.loras[i] for i in mine + styles], p)))
         self.own = OwnTrajectories(len(own))
         return composition + own
 
@@ -218,6 +228,8 @@ class Fusion(GroundedLoratorio):
                 self.final = (regions, own)
                 return kwargs
             kwargs["latents"] = paste(kwargs["latents"], own, regions)
+            for k, branch in self.styled:  # the style joins the own trajectories from the next step
+                denoiser.branches[self.n + k] = branch
             if not self.repaste:
                 denoiser.branch_samples = None  # from the next step on, the composition's branches alone
                 denoiser.select(range(self.n))
@@ -258,9 +270,10 @@ class Fusion(GroundedLoratorio):
     def options(self):
         g = self.grounding
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
-                "repaste": self.repaste, "ride_along": g.ride_along}
+                "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins}
 
     def settings(self):
         g = self.grounding
         return super().settings() + [f"Fuse at: {g.fuse_at}", f'Plain background: "{g.plain_background or ""}"',
-                                     f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}"]
+                                     f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}",
+                                     f"Style joins: {g.style_joins}"]

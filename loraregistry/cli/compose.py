@@ -94,7 +94,10 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               help="fusion: an object draws alone on this phrase in place of the background LoRAs' phrases "
                    "('' keeps their phrases).")
 @click.option("--repaste/--no-repaste", default=_GR.repaste, show_default=True,
-              help="fusion: the objects draw alone to the last step and are pasted again then (not with a style LoRA).")
+              help="fusion: the objects draw alone to the last step and are pasted again then.")
+@click.option("--style-joins/--no-style-joins", default=_GR.style_joins, show_default=True,
+              help="fusion with a style LoRA: it joins the objects' own trajectories from the fuse step (without: "
+                   "no repaste, the composition finishes the objects).")
 @click.option("--ride-along/--no-ride-along", default=_GR.ride_along, show_default=True,
               help="fusion: an object draws alone with its clothing/attribute LoRAs merged in (without: alone, and "
                    "no repaste with such LoRAs).")
@@ -184,7 +187,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
         raise click.BadParameter("--grounding-steps takes step numbers, e.g. 0,2") from exc
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
-                                repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"))
+                                repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"),
+                                style_joins=opts.pop("style_joins"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -205,7 +209,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "k": params.k, "grounding": grounding.source, "grounding_steps": list(grounding.steps),
                         "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
                         "plain_background": grounding.plain_background, "repaste": grounding.repaste,
-                        "ride_along": grounding.ride_along,
+                        "ride_along": grounding.ride_along, "style_joins": grounding.style_joins,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

@@ -96,7 +96,7 @@ def categorised(sd1_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("categorised")
     paths = {}
     for i, (name, category) in enumerate([("cat", "character"), ("dog", "character"), ("hat", "clothing"),
-                                          ("forest", "background")]):
+                                          ("forest", "background"), ("ink", "style")]):
         path = write_kohya_lora(d / f"{name}.safetensors", pipe.unet, None, seed=20 + i, convs=False)
         civitai_sidecar(d / f"{name}.safetensors", model_id=300 + i, version_id=400 + i, name=f"{name} LoRA",
                         trained_words=[name], tags=[category, "toy"])

@@ -98,6 +98,35 @@ def test_the_last_paste_is_in_pixels(categorised):
     assert np.abs(a[:, 20:] - b[:, 20:]).max() > 10, "outside its region the object's image was pasted too"
 
 
+def test_a_style_joins_the_own_trajectories_at_the_fuse_step(categorised):
+    """With a style LoRA, each object's own trajectory (and its base copy) runs without it until the
+    fuse step, while the layout forms, and with it merged in from there; the objects are repasted.
+    Without ``style_joins``: no repaste, the composition finishes the objects."""
+    composer, paths = categorised
+    prompt = "a cat on the left, a forest, ink style"
+    kw = dict(steps=4, width=32, height=32, seed=6, grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+
+    def own_predictions(names):
+        seen = []
+        job = Job(prompt, loras=[paths[n] for n in names], method="fusion", **kw)
+        r = composer.run(job, callback=lambda info: seen.append(info["eps_c"][-2:].clone()))  # base copy, cat
+        return r, seen
+
+    styled, with_style = own_predictions(("cat", "forest", "ink"))
+    plain, without = own_predictions(("cat", "forest"))  # the same prompt, no style LoRA
+    assert styled.report["options"]["repaste"] and "Style joins: True" in styled.parameters
+    for step in range(2):  # before the fuse step the style is not in them
+        assert torch.allclose(with_style[step], without[step], atol=1e-5), step  # (batches of other sizes)
+    for step in (2, 3):  # from the fuse step on, both the base copy's and the object's have it
+        for k in range(2):
+            assert (with_style[step][k] - without[step][k]).abs().max() > 1e-3, (step, k)
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=False)
+    apart = composer.run(Job(prompt, loras=[paths[n] for n in ("cat", "forest", "ink")], method="fusion",
+                             **(kw | {"grounding": g})))
+    assert not apart.report["options"]["repaste"]
+    assert apart.report["unet_samples"] == styled.report["unet_samples"] - 2 * 2 * 2  # no own trajectories after step 2
+
+
 @pytest.mark.parametrize("repaste", [False, True])
 def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, repaste):
     """One object: a base copy and the object. Two objects: each without the other's phrase, so each

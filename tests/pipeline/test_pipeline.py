@@ -62,9 +62,10 @@ def test_probe_ranks_active_lora_above_identity(auto, dump):
 def test_probe_start_is_a_fraction_of_the_steps_that_leaves_room_for_the_probe():
     from composer.params import SelectionParams
 
-    assert SelectionParams().probe_start_step(25) == 6  # round(0.24 x 25)
-    assert SelectionParams().probe_start_step(50) == 12
-    assert SelectionParams(probe_steps=2).probe_start_step(4) == 1
+    assert SelectionParams().probe_start_step(25) == 12  # round(0.48 x 25)
+    assert SelectionParams().probe_start_step(50) == 24
+    assert SelectionParams(probe_start=0.24).probe_start_step(25) == 6
+    assert SelectionParams(probe_steps=2).probe_start_step(4) == 2  # round(1.92), and 2 + P fits in 4
     assert SelectionParams(probe_steps=3).probe_start_step(3) == 0  # no room: the probe starts at once
     assert SelectionParams(probe_start=0.9, probe_steps=3).probe_start_step(10) == 7
 
@@ -96,11 +97,11 @@ def test_compose_from_registry_report_and_png(auto, tmp_path):
     assert {d["name"] for d in sel["dropped"]} == {c["name"] for c in sel["candidates"]} - set(sel["survivors"])
     assert "Inert LoRA" not in sel["survivors"]
     assert [x["name"] for x in rep["loras"]] == sel["survivors"]
-    # the base alone for S = round(0.24 x 4) = 1 step, then 2 probe steps with every candidate
-    assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 1 and sel["probe"]["unet_calls"] == 3
-    assert sel["probe"]["unet_samples"] == 1 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
+    # the base alone for S = round(0.48 x 4) = 2 steps, then 2 probe steps with every candidate
+    assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 2 and sel["probe"]["unet_calls"] == 4
+    assert sel["probe"]["unet_samples"] == 2 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
     assert rep["unet_samples"] == 4 * 2 * 3  # compose: 4 steps x 2 halves x (base + 2)
-    assert rep["unet_samples_total"] == 14 + 24
+    assert rep["unet_samples_total"] == 16 + 24
     assert set(sel["seconds"]) >= {"retrieve", "load", "probe", "compose", "total"}
     assert set(sel["mean_patch_weights"]) == set(sel["survivors"])
     path = tmp_path / "auto.png"
@@ -218,8 +219,9 @@ def test_replayed_steps_reproduce_the_run(auto, dump):
 
 def test_compose_can_reuse_the_probe_steps(auto):
     prompt = "a kiki on the left, checkerboard background, stripes, inert"
-    plain = auto.compose(prompt, k=2, threshold=0.0, seed=3, **FAST)
-    reused = auto.compose(prompt, k=2, threshold=0.0, seed=3, reuse_probe=True, **FAST)
+    kw = FAST | {"probe_start": 0.25}  # S = 1: one step of 4 is left to compose
+    plain = auto.compose(prompt, k=2, threshold=0.0, seed=3, **kw)
+    reused = auto.compose(prompt, k=2, threshold=0.0, seed=3, reuse_probe=True, **kw)
     assert reused.report["selection"]["survivors"] == plain.report["selection"]["survivors"]
     # the probe's 1 base step and 2 probe steps are replayed
     assert plain.report["replayed_steps"] == 0 and reused.report["replayed_steps"] == 3

@@ -32,7 +32,7 @@ def test_compose_reuse_probe_flag(sd1_dir, registry, dump, tmp_path):
                                  "--out", str(out), "--json", *SMALL])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
-    # 3 steps: the probe's base step (S = round(0.24 x 3) = 1) and its 1 step replayed
+    # 3 steps: the probe's base step (S = round(0.48 x 3) = 1) and its 1 step replayed
     assert rep["replayed_steps"] == 2 and rep["unet_calls"] == 1
     assert "Probe steps re-used: 2" in Image.open(out).text["parameters"]
 
