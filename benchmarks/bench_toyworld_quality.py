@@ -410,7 +410,7 @@ def parse_grounding(text: str) -> dict:
             out[key] = value
         elif key == "plain_background":  # none: the background phrases as written
             out[key] = None if value.lower() == "none" else value
-        elif key in ("repaste", "ride_along", "style_joins"):
+        elif key in ("repaste", "ride_along", "style_joins", "riders_in_composition"):
             out[key] = value.lower() in ("1", "true", "yes")
         elif key in ("attribute_radius", "finest", "fuse_at"):
             out[key] = int(value)

@@ -121,8 +121,14 @@ class GroundingParams:
     # fusion with a style LoRA, which must act on the objects too: True: the style joins each
     # object's own trajectory (and its base copy) from the fuse step, once the object's layout is
     # set, and the objects are repasted; False: no repaste, the composition finishes the objects.
-    style_joins: bool = True
+    # On ToyWorld's tasks with an object and the style: 30/128 with it, 32/128 without; the frame,
+    # merged in from step 12, still spoils objects (character + style 15/24 against 22/24)
+    # (benchmarks/results/toyworld_quality_stylejoins.md).
+    style_joins: bool = False
     # fusion: an object draws alone with its attribute LoRAs (clothing) merged in, so that the
     # repaste keeps their work. False: the object alone, and no repaste with an attribute LoRA.
     ride_along: bool = True
+    # fusion with repaste: the attributes riding along with an object act in the composition too
+    # (True), or only in their object's own trajectory, whose repaste carries their work (False).
+    riders_in_composition: bool = True
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -38,6 +38,7 @@ class Grounder:
         self.roles = [role_of(a.tags) if u is not None or role_of(a.tags) not in ("object", "attribute") else "concept"
                       for a, u in zip(ctx.loras, self.units)]
         self.owners = [self._owner(i) for i in range(len(ctx.loras))]
+        self.elsewhere: list[int] = []  # LoRAs a method draws elsewhere: masked out here (gm.route)
         self.history: list[torch.Tensor] = []
         self._saliency: torch.Tensor | None = None
         self._branches: dict[str, Any] | None = None
@@ -93,7 +94,7 @@ class Grounder:
             self._saliency = sal if self._saliency is None else self._saliency + sal
             regions = gm.soft_threshold(gm.normalise_max(self._saliency), self.params.lo, self.params.hi)
             self.state.masks = gm.route(regions, self.roles, self.owners, self.params.sharpness,
-                                        self.params.attribute_radius)
+                                        self.params.attribute_radius, self.elsewhere)
         if self.state.masks is not None:
             self.history.append(self.state.masks.detach().float().cpu())
 

@@ -16,6 +16,7 @@ Shapes: a stack of N maps over B images is ``(N, B, H, W)`` at latent resolution
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ def dilate(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def route(regions: torch.Tensor, roles: list[str], owners: list[int | None], sharpness: float = 8.0,
-          attribute_radius: int = 2) -> torch.Tensor:
+          attribute_radius: int = 2, elsewhere: Sequence[int] = ()) -> torch.Tensor:
     """Masks from each LoRA's own region and its role.
 
     Args:
@@ -117,6 +118,8 @@ def route(regions: torch.Tensor, roles: list[str], owners: list[int | None], sha
             same unit of the prompt), or None.
         sharpness: how hard overlapping objects split a pixel (the power of the normalised shares).
         attribute_radius: how far (latent pixels) an attribute reaches beyond its object.
+        elsewhere: LoRAs drawn elsewhere (fusion's riders, in their object's own trajectory): 0
+            here, and they claim nothing from a background.
 
     Returns:
         ``(N, B, H, W)`` masks: an object keeps its region where it out-weighs the other objects;
@@ -137,7 +140,9 @@ def route(regions: torch.Tensor, roles: list[str], owners: list[int | None], sha
         elif role == "attribute":
             base = out[owners[i]] if owners[i] is not None else regions[i].float()
             out[i] = dilate(base, attribute_radius)
-    claimed = [i for i, r in enumerate(roles) if r in ("object", "attribute")]
+    for i in elsewhere:
+        out[i] = 0.0
+    claimed = [i for i, r in enumerate(roles) if r in ("object", "attribute") and i not in elsewhere]
     for i, role in enumerate(roles):
         if role == "background":
             out[i] = 1.0 - out[claimed].amax(0) if claimed else 1.0

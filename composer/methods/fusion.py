@@ -178,6 +178,8 @@ class Fusion(GroundedLoratorio):
                     self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
+            if self.repaste and not g.riders_in_composition:
+                self.grounder.elsewhere = sorted({*self.grounder.elsewhere, *mine[1:]})
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
             if styles and self.repaste:
                 self.styled.append((len(own) - 1, ctx.branch(merged(ctx, mine + styles),
@@ -237,7 +239,7 @@ class Fusion(GroundedLoratorio):
             current[self.objects] = regions
             g = self.grounding
             self.fused = gm.route(current, list(self.grounder.roles), list(self.grounder.owners), g.sharpness,
-                                  g.attribute_radius)
+                                  g.attribute_radius, self.grounder.elsewhere)
             return kwargs
 
         return [fuse]
@@ -270,7 +272,8 @@ class Fusion(GroundedLoratorio):
     def options(self):
         g = self.grounding
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
-                "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins}
+                "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
+                "riders_in_composition": g.riders_in_composition}
 
     def settings(self):
         g = self.grounding

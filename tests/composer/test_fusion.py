@@ -104,7 +104,8 @@ def test_a_style_joins_the_own_trajectories_at_the_fuse_step(categorised):
     Without ``style_joins``: no repaste, the composition finishes the objects."""
     composer, paths = categorised
     prompt = "a cat on the left, a forest, ink style"
-    kw = dict(steps=4, width=32, height=32, seed=6, grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+    kw = dict(steps=4, width=32, height=32, seed=6,
+              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=True))
 
     def own_predictions(names):
         seen = []
@@ -120,11 +121,30 @@ def test_a_style_joins_the_own_trajectories_at_the_fuse_step(categorised):
     for step in (2, 3):  # from the fuse step on, both the base copy's and the object's have it
         for k in range(2):
             assert (with_style[step][k] - without[step][k]).abs().max() > 1e-3, (step, k)
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=False)
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2)  # the default: the style does not join
     apart = composer.run(Job(prompt, loras=[paths[n] for n in ("cat", "forest", "ink")], method="fusion",
                              **(kw | {"grounding": g})))
     assert not apart.report["options"]["repaste"]
     assert apart.report["unet_samples"] == styled.report["unet_samples"] - 2 * 2 * 2  # no own trajectories after step 2
+
+
+def test_riders_can_leave_the_composition_to_their_object(categorised):
+    """With ``riders_in_composition=False`` an attribute riding along with its object acts only in
+    the object's own trajectory (the repaste carries its work): its weight in the composition is 0 at
+    every step (but spatial_prior's floor), and the background takes the band around the object."""
+    composer, paths = categorised
+    prompt = "a cat with a hat on the left, a forest"
+    loras = [paths[n] for n in ("cat", "hat", "forest")]
+    runs = {}
+    for inside in (True, False):
+        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, riders_in_composition=inside)
+        runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", steps=4, width=32, height=32, seed=8,
+                                        grounding=g))
+    hat = 1
+    assert max(float(w[hat].max()) for w in runs[True].weights) > 0.01
+    assert all(float(w[hat].max()) < 1e-3 for w in runs[False].weights)  # (spatial_prior's floor: 1e-4)
+    assert runs[False].report["options"]["riders_in_composition"] is False
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"]  # the same branches run
 
 
 @pytest.mark.parametrize("repaste", [False, True])

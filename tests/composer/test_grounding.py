@@ -123,6 +123,20 @@ def test_route_by_role():
     assert torch.equal(m[2], 1 - torch.maximum(torch.maximum(left, right), m[4]))  # what nobody claims
 
 
+def test_a_lora_drawn_elsewhere_is_masked_out_and_claims_nothing():
+    """fusion's riders are drawn in their object's own trajectory: in the composition the attribute's
+    mask is 0 and the background takes its band around the object."""
+    h = w = 8
+    left = torch.zeros(h, w)
+    left[2:6, 0:3] = 1
+    regions = torch.stack([left, torch.full((h, w), 0.9), torch.zeros(h, w)]).unsqueeze(1)
+    m = gm.route(regions, ["object", "background", "attribute"], [None, None, 0], attribute_radius=1,
+                 elsewhere=[2])[:, 0]
+    assert torch.equal(m[0], left)
+    assert torch.equal(m[2], torch.zeros(h, w))
+    assert torch.equal(m[1], 1 - left)  # not 1 - dilate(left): the band is the background's
+
+
 def test_overlapping_objects_split_by_their_share():
     a, b = torch.full((1, 1, 2, 2), 0.9), torch.full((1, 1, 2, 2), 0.45)
     m = gm.route(torch.cat([a, b]), ["object", "object"], [None, None], sharpness=8)
