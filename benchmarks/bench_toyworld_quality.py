@@ -412,7 +412,7 @@ def parse_grounding(text: str) -> dict:
             out[key] = None if value.lower() == "none" else value
         elif key in ("repaste", "ride_along", "style_joins", "riders_in_composition"):
             out[key] = value.lower() in ("1", "true", "yes")
-        elif key in ("attribute_radius", "finest", "fuse_at"):
+        elif key in ("attribute_radius", "finest", "fuse_at", "late_paste"):
             out[key] = int(value)
         else:
             out[key] = float(value)

@@ -125,6 +125,10 @@ class GroundingParams:
     # merged in from step 12, still spoils objects (character + style 15/24 against 22/24)
     # (benchmarks/results/toyworld_quality_stylejoins.md).
     style_joins: bool = False
+    # fusion without repaste (a style in the job, or an attribute that does not ride along): the
+    # objects go on drawing alone to this step and are pasted again then, as latents, and the
+    # composition (the style acting everywhere) finishes them. None: pasted at fuse_at only.
+    late_paste: int | None = None
     # fusion: an object draws alone with its attribute LoRAs (clothing) merged in, so that the
     # repaste keeps their work. False: the object alone, and no repaste with an attribute LoRA.
     ride_along: bool = True

@@ -151,12 +151,14 @@ class Fusion(GroundedLoratorio):
         self.final: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last paste's regions and own latents
         self.own = OwnTrajectories(0)
         self.repaste = False
+        self.late: int | None = None  # the step the objects are pasted again as latents (GroundingParams.late_paste)
         if not self.objects or self.fuse_at <= 0:
             return composition
         # Each object draws alone beside a base copy on the same prompt (object_prompts), with its
         # attributes merged in (riders; not without ride_along).
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
+        self.carrying: list[bool] = []  # per object: its attributes are drawn only in its own trajectory
         bases: dict[str, int] = {}
         g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
@@ -178,13 +180,17 @@ class Fusion(GroundedLoratorio):
                     self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
-            if self.repaste and not g.riders_in_composition:
+            carried = self.repaste and not g.riders_in_composition and len(mine) > 1
+            self.carrying.append(carried)
+            if carried:
                 self.grounder.elsewhere = sorted({*self.grounder.elsewhere, *mine[1:]})
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
             if styles and self.repaste:
                 self.styled.append((len(own) - 1, ctx.branch(merged(ctx, mine + styles),
                                                              [ctx.loras[i] for i in mine + styles], p)))
         self.own = OwnTrajectories(len(own))
+        late = g.late_paste
+        self.late = late if (not self.repaste and late is not None and self.fuse_at < late <= ctx.job.steps) else None
         return composition + own
 
     @property
@@ -201,12 +207,12 @@ class Fusion(GroundedLoratorio):
         if not self.own.started and step > 0:
             # The first steps were replayed (a probe's, composer.auto): the objects' own trajectories
             # cannot start from the noise any more, so the composition goes on alone (grounded LoRAtorio).
-            self.fuse_at, self.repaste = 0, False
+            self.fuse_at, self.repaste, self.late = 0, False, None
             denoiser.select(range(self.n))
             return
         if step == 0:
             self.own.start(info["sample"][-info["images"]:], self.ctx.composer.pipe.scheduler)
-        if step < self.fuse_at or self.repaste:
+        if step < self.fuse_at or self.repaste or (self.late is not None and step < self.late):
             denoiser.branch_samples = [None] * self.n + self.own.inputs(info["timestep"])
 
     def combine(self, eps_u, eps_c, step):
@@ -222,17 +228,23 @@ class Fusion(GroundedLoratorio):
 
         def fuse(pipe, step_index, timestep, kwargs):
             last = step_index == ctx.job.steps - 1
-            if step_index != self.fuse_at - 1 and not (self.repaste and last):
+            late = self.late is not None and step_index == self.late - 1
+            if step_index != self.fuse_at - 1 and not (self.repaste and last) and not late:
                 return kwargs
             regions = self.object_regions()
             own = [self.own.latents[k] for _, k in self.pairs]
+            if late:  # pasted again as latents; the composition alone finishes the objects
+                kwargs["latents"] = paste(kwargs["latents"], own, regions)
+                denoiser.branch_samples = None
+                denoiser.select(range(self.n))
+                return kwargs
             if step_index != self.fuse_at - 1:  # the second paste, after the last step: in pixels (finish)
                 self.final = (regions, own)
                 return kwargs
             kwargs["latents"] = paste(kwargs["latents"], own, regions)
             for k, branch in self.styled:  # the style joins the own trajectories from the next step
                 denoiser.branches[self.n + k] = branch
-            if not self.repaste:
+            if not self.repaste and self.late is None:
                 denoiser.branch_samples = None  # from the next step on, the composition's branches alone
                 denoiser.select(range(self.n))
             current = self.state.masks.clone().float()
@@ -267,13 +279,18 @@ class Fusion(GroundedLoratorio):
             return masks
         ref = self.own.images()
         sal = torch.stack([departure(ref[k], ref[b]) for b, k in self.pairs])  # (J, B, H, W)
-        return object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
+        regions = object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
+        if any(self.carrying):  # an attribute drawn only in its object's trajectory: its band comes along
+            grown = torch.stack([gm.dilate(r, self.grounding.attribute_radius) if c else r
+                                 for r, c in zip(regions, self.carrying)])
+            regions = grown / grown.sum(0, keepdim=True).clamp_min(1.0)
+        return regions
 
     def options(self):
         g = self.grounding
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
                 "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
-                "riders_in_composition": g.riders_in_composition}
+                "riders_in_composition": g.riders_in_composition, "late_paste": self.late}
 
     def settings(self):
         g = self.grounding

@@ -147,6 +147,26 @@ def test_riders_can_leave_the_composition_to_their_object(categorised):
     assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"]  # the same branches run
 
 
+def test_without_repaste_a_late_paste_brings_the_objects_back_for_the_composition_to_finish(categorised):
+    """A style in the job stops the repaste; with ``late_paste`` the objects go on drawing alone to
+    that step and are pasted again then, as latents, and the composition finishes them."""
+    composer, paths = categorised
+    prompt = "a cat on the left, a forest, ink style"
+    loras = [paths[n] for n in ("cat", "forest", "ink")]
+    runs = {}
+    for late in (None, 3):
+        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, late_paste=late)
+        runs[late] = composer.run(Job(prompt, loras=loras, method="fusion", steps=5, width=32, height=32, seed=9,
+                                      grounding=g))
+    assert not runs[3].report["options"]["repaste"] and runs[3].report["options"]["late_paste"] == 3
+    # the own trajectories (base copy + cat, two samples each) run one step longer: steps 0-2, not 0-1
+    assert runs[3].report["unet_samples"] == runs[None].report["unet_samples"] + 2 * 2 * 1
+    assert np.abs(np.asarray(runs[3].image).astype(int) - np.asarray(runs[None].image).astype(int)).max() > 2
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, late_paste=9)  # past the last step: none
+    assert composer.run(Job(prompt, loras=loras, method="fusion", steps=5, width=32, height=32, seed=9,
+                            grounding=g)).report["options"]["late_paste"] is None
+
+
 @pytest.mark.parametrize("repaste", [False, True])
 def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, repaste):
     """One object: a base copy and the object. Two objects: each without the other's phrase, so each
