@@ -133,6 +133,8 @@ class GroundingParams:
     # repaste keeps their work. False: the object alone, and no repaste with an attribute LoRA.
     ride_along: bool = True
     # fusion with repaste: the attributes riding along with an object act in the composition too
-    # (True), or only in their object's own trajectory, whose repaste carries their work (False).
-    riders_in_composition: bool = True
+    # (True), or only in their object's own trajectory, whose repaste carries their work (False). In
+    # the composition a halo's mask spilled over the background: ToyWorld's tasks with an object and
+    # its attribute composed 30/72 with it, 50/72 without (benchmarks/results/toyworld_quality_riders.md).
+    riders_in_composition: bool = False
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -158,7 +158,6 @@ class Fusion(GroundedLoratorio):
         # attributes merged in (riders; not without ride_along).
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
-        self.carrying: list[bool] = []  # per object: its attributes are drawn only in its own trajectory
         bases: dict[str, int] = {}
         g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
@@ -180,9 +179,7 @@ class Fusion(GroundedLoratorio):
                     self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
-            carried = self.repaste and not g.riders_in_composition and len(mine) > 1
-            self.carrying.append(carried)
-            if carried:
+            if self.repaste and not g.riders_in_composition:
                 self.grounder.elsewhere = sorted({*self.grounder.elsewhere, *mine[1:]})
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
             if styles and self.repaste:
@@ -279,12 +276,10 @@ class Fusion(GroundedLoratorio):
             return masks
         ref = self.own.images()
         sal = torch.stack([departure(ref[k], ref[b]) for b, k in self.pairs])  # (J, B, H, W)
-        regions = object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
-        if any(self.carrying):  # an attribute drawn only in its object's trajectory: its band comes along
-            grown = torch.stack([gm.dilate(r, self.grounding.attribute_radius) if c else r
-                                 for r, c in zip(regions, self.carrying)])
-            regions = grown / grown.sum(0, keepdim=True).clamp_min(1.0)
-        return regions
+        # (Growing an object's region by its attribute's band when the attribute leaves the
+        # composition pasted the own image's plain background too: 25/72 against 50/72 without,
+        # benchmarks/results/toyworld_quality_riders.md.)
+        return object_regions(sal, self.grounding, masks if len(self.objects) > 1 else None)
 
     def options(self):
         g = self.grounding
