@@ -15,7 +15,8 @@ latent, and those regions become the objects' masks for the remaining steps. Wit
 after the last step, in pixels (each decoded apart): the composition places them and draws around them, and the object LoRA
 finishes its object in the context it knows (a kiki's ring, finished by the composition, filled
 in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
-background the base model knows, with its attributes merged in (``ride_along``: riders).
+background the base model knows, with its attributes merged in (``ride_along``: riders); with the
+repaste, those attributes act only there, not in the composition (``riders_in_composition``).
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
 the first ``fuse_at`` steps, or of every step with ``repaste``.

@@ -95,6 +95,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
                    "('' keeps their phrases).")
 @click.option("--repaste/--no-repaste", default=_GR.repaste, show_default=True,
               help="fusion: the objects draw alone to the last step and are pasted again then.")
+@click.option("--riders-in-composition/--no-riders-in-composition", default=_GR.riders_in_composition,
+              show_default=True, help="fusion with repaste: an attribute riding along with its object acts in the "
+                                      "composition too (default: only in the object's own trajectory).")
 @click.option("--style-joins/--no-style-joins", default=_GR.style_joins, show_default=True,
               help="fusion with a style LoRA: it joins the objects' own trajectories from the fuse step (without: "
                    "no repaste, the composition finishes the objects).")
@@ -188,7 +191,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
                                 repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"),
-                                style_joins=opts.pop("style_joins"))
+                                style_joins=opts.pop("style_joins"),
+                                riders_in_composition=opts.pop("riders_in_composition"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -210,6 +214,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
                         "plain_background": grounding.plain_background, "repaste": grounding.repaste,
                         "ride_along": grounding.ride_along, "style_joins": grounding.style_joins,
+                        "riders_in_composition": grounding.riders_in_composition,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)
