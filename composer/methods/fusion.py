@@ -12,14 +12,15 @@ region (where its own image departs from the base model's, on the same noise and
 paper's observation, made spatial on the object's own trajectory) is pasted into the composition's
 latent, and those regions become the objects' masks for the remaining steps. With ``repaste``
 (unless a style must act on the objects too) the objects go on drawing alone and are pasted again
-after the last step, in pixels (each decoded apart): the composition places them and draws around them, and the object LoRA
-finishes its object in the context it knows (a kiki's ring, finished by the composition, filled
-in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
+after the last step, in pixels (each decoded apart): the composition places them and draws
+around them, and the object LoRA finishes its object in the context it knows (a kiki's ring,
+finished by the composition, filled in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
 background the base model knows, with its attributes merged in (``ride_along``: riders); with the
 repaste, those attributes act only there, not in the composition (``riders_in_composition``).
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
-the first ``fuse_at`` steps, or of every step with ``repaste``.
+the first ``fuse_at`` steps, or of every step with ``repaste``; with ``repaste``, one more VAE
+decode per object.
 """
 from __future__ import annotations
 
@@ -164,9 +165,10 @@ class Fusion(GroundedLoratorio):
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
         # A style acts on the objects too. Merged into an object's own trajectory from the first step
         # it cost ToyWorld's character + style tasks 22/24 -> 8/24 (as Merge loses them: the style
-        # redraws the layout), so it joins the own trajectories only from the fuse step, once the
-        # layout is set (``style_joins``), or the composition finishes the objects (no repaste). An
-        # attribute that does not ride along acts on the objects too: no repaste.
+        # redraws the layout). So the composition finishes the objects (no repaste), or, with
+        # ``style_joins``, the style joins the own trajectories from the fuse step, once the layout is
+        # set (measured worse on ToyWorld: toyworld_quality_stylejoins.md). An attribute that does not
+        # ride along acts on the objects too: no repaste.
         styles = [i for i, r in enumerate(roles) if r == "style"]
         self.repaste = g.repaste and (g.style_joins or not styles) and (g.ride_along or "attribute" not in roles)
         # (own index, branch) to switch to at the fuse step: the own trajectories with the style merged in
