@@ -33,7 +33,8 @@ class Branch:
 
     ``adapter`` is a PEFT adapter name, :data:`BASE` for the base model, None for "whatever
     adapters are active" (merge and switch set them with ``set_adapters``), or a tuple of adapter
-    names: those merged, at the weights the job set (a UNet call of its own, :func:`only_adapters`).
+    names: those merged, at the weights the job set (served in the batch by the stacked forward,
+    :mod:`composer.stacked`; where it cannot, in a UNet call of its own, :func:`only_adapters`).
     ``cond``/``uncond`` are ``(B, seq, dim)`` prompt embeddings; ``pooled_*`` the SDXL pooled ones.
     """
 
@@ -189,15 +190,19 @@ class MultiLoraDenoiser(torch.nn.Module):
         stack.close()
         return False
 
+    def _stackable(self, adapters: Sequence) -> bool:
+        """The stacked forward serves this per-sample adapter list (and is installed for it)."""
+        return self.stacked and len(set(adapters)) > 1 and None not in adapters and self._hold_stacked(adapters)
+
     def _call_unet(self, sample, timestep, ehs, adapters, added, kwargs):
         self.unet_calls += 1
         self.unet_samples += sample.shape[0]
+        if self._stackable(adapters):
+            return self._unet(sample, timestep, ehs, added, kwargs)
         if isinstance(adapters[0], tuple):  # merged adapters (one tuple for the whole call)
             self.release()
             with only_adapters(self.unet, adapters[0]):
                 return self._unet(sample, timestep, ehs, added, kwargs)
-        if self.stacked and len(set(adapters)) > 1 and None not in adapters and self._hold_stacked(adapters):
-            return self._unet(sample, timestep, ehs, added, kwargs)
         self.release()
         if not any(a is not None for a in adapters):
             return self._unet(sample, timestep, ehs, added, kwargs)
@@ -263,7 +268,9 @@ class MultiLoraDenoiser(torch.nn.Module):
 
         ts = timestep
         merged = [j for j, (_, i) in enumerate(entries) if isinstance(branches[i].adapter, tuple)]
-        if self.batched and merged:  # the others in one call, each merged entry in a call of its own
+        if self.batched and merged and not self._stackable(adapters):
+            # The others in one call, each merged entry in a call of its own (PEFT's mixed batch
+            # serves one adapter per sample; the stacked forward serves merged runs too).
             rest = [j for j in range(len(entries)) if j not in merged]
             parts = {}
             if rest:

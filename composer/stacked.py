@@ -11,6 +11,14 @@ gather, no scatter). PEFT has no such path, hence this layer-level forward; anyt
 cover (DoRA and other variants, LoRA biases, grouped convs, uneven runs) falls back to PEFT's own
 mixed batch.
 
+Any other layout (the base model's samples between LoRA runs, an adapter in several runs, runs of
+different lengths: fusion's batch, where each object's own trajectory and its base copy follow the
+composition's branches) is served run by run: two small products per run, on views of the input
+and the output, still without gather or scatter. A run may carry several adapters merged (a tuple
+of names, fusion's object with its attributes): their factors are concatenated along the rank, so
+that ``B_1 A_1 x + B_2 A_2 x = [B_1 B_2] [A_1; A_2] x`` is one low-rank product, and the whole
+batch stays one UNet call (PEFT's mixed batch has one adapter per sample).
+
 Measured and dropped: per-adapter merged weights (``W + scale * B @ A`` from PEFT's
 ``get_delta_weight``, each run of samples through its own copy; one ``bmm`` per linear layer, one
 convolution per run). It does the floor's arithmetic exactly, but on this CPU it was slower than
@@ -63,6 +71,26 @@ def layout_of(adapter_names: Sequence[str]) -> Layout | None:
     return Layout(offset, tuple(order), sizes[0])
 
 
+Key = str | tuple[str, ...]  # one adapter, or several merged
+
+
+def runs_of(adapter_names: Sequence[Key]) -> list[tuple[Key, int, int]]:
+    """Every maximal run of equal names but the base model's, as ``(name, start, end)``."""
+    out, i, names = [], 0, list(adapter_names)
+    while i < len(names):
+        j = i
+        while j < len(names) and names[j] == names[i]:
+            j += 1
+        if names[i] != BASE:
+            out.append((names[i], i, j))
+        i = j
+    return out
+
+
+def _parts(key: Key) -> tuple[str, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
+
 def _kind(layer: torch.nn.Module) -> str | None:
     from peft.tuners.lora import layer as lora_layer
 
@@ -73,7 +101,8 @@ def _kind(layer: torch.nn.Module) -> str | None:
     return None
 
 
-def _eligible(layer: torch.nn.Module, adapters: tuple[str, ...]) -> bool:
+def _eligible(layer: torch.nn.Module, keys: Sequence[Key]) -> bool:
+    adapters = [a for k in keys for a in _parts(k)]
     if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
         return False
     if any(a in getattr(layer, "lora_variant", {}) for a in adapters):
@@ -84,21 +113,36 @@ def _eligible(layer: torch.nn.Module, adapters: tuple[str, ...]) -> bool:
         if a in layer.lora_A and isinstance(layer.lora_A[a], torch.nn.Conv2d):
             if layer.lora_A[a].groups != 1 or layer.lora_B[a].groups != 1 or layer.lora_A[a].padding_mode != "zeros":
                 return False
+    convs = [layer.lora_A[a] for a in adapters if a in layer.lora_A and isinstance(layer.lora_A[a], torch.nn.Conv2d)]
+    if len({(c.stride, c.padding, c.dilation, c.kernel_size) for c in convs}) > 1:
+        return False  # the runs share one convolution's geometry
     return True
 
 
-def weights_key(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple:
+def weights_key(layer: torch.nn.Module, adapters: Sequence[Key]) -> tuple:
     """What the stacked weights of ``adapters`` on ``layer`` depend on: each adapter's factors
     (storage and version, so an in-place change counts) and scale."""
     return tuple(
-        (a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
-         layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
-        if a in layer.lora_A else (a,)
-        for a in adapters
+        tuple((a, layer.lora_A[a].weight.data_ptr(), layer.lora_A[a].weight._version,
+               layer.lora_B[a].weight.data_ptr(), layer.lora_B[a].weight._version, float(layer.scaling[a]))
+              if a in layer.lora_A else (a,) for a in _parts(k))
+        for k in adapters
     )
 
 
-def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def factors(layer: torch.nn.Module, key: Key) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One run's A and scaled B on ``layer`` (linear ``(r, in)``, ``(out, r)``; conv2d
+    ``(r, in, kh, kw)``, ``(out, r, 1, 1)``); several merged adapters' concatenated along the rank;
+    None when none of them touches this layer."""
+    present = [a for a in _parts(key) if a in layer.lora_A]
+    if not present:
+        return None
+    a = torch.cat([layer.lora_A[n].weight for n in present])
+    b = torch.cat([layer.lora_B[n].weight * layer.scaling[n] for n in present], dim=1)
+    return a, b
+
+
+def stacked_weights(layer: torch.nn.Module, adapters: tuple[Key, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every adapter's A and scaled B, zero-padded to the largest rank (an adapter that does not
     touch this layer is all zeros): linear ``(N, r, in)``, ``(N, out, r)``; conv2d
     ``(N, r, in, kh, kw)``, ``(N, out, r, 1, 1)``. Cached on the layer until a weight or scale changes."""
@@ -106,18 +150,16 @@ def stacked_weights(layer: torch.nn.Module, adapters: tuple[str, ...]) -> tuple[
     cached = layer.__dict__.get("_stacked_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    present = [a for a in adapters if a in layer.lora_A]
-    ref_a = layer.lora_A[present[0]].weight
-    r = max(layer.lora_A[a].weight.shape[0] for a in present)
-    a_shape, b_shape = list(ref_a.shape), list(layer.lora_B[present[0]].weight.shape)
-    a_stack = ref_a.new_zeros([len(adapters), r, *a_shape[1:]])
-    b_stack = ref_a.new_zeros([len(adapters), b_shape[0], r, *b_shape[2:]])
-    for i, a in enumerate(adapters):
-        if a not in layer.lora_A:
+    each = [factors(layer, k) for k in adapters]
+    ref_a, ref_b = next(f for f in each if f is not None)
+    r = max(f[0].shape[0] for f in each if f is not None)
+    a_stack = ref_a.new_zeros([len(adapters), r, *ref_a.shape[1:]])
+    b_stack = ref_a.new_zeros([len(adapters), ref_b.shape[0], r, *ref_b.shape[2:]])
+    for i, f in enumerate(each):
+        if f is None:
             continue
-        wa, wb = layer.lora_A[a].weight, layer.lora_B[a].weight
-        a_stack[i, : wa.shape[0]] = wa
-        b_stack[i, :, : wb.shape[1]] = wb * layer.scaling[a]
+        a_stack[i, : f[0].shape[0]] = f[0]
+        b_stack[i, :, : f[1].shape[1]] = f[1]
     layer.__dict__["_stacked_cache"] = (key, (a_stack, b_stack))
     return a_stack, b_stack
 
@@ -144,9 +186,9 @@ def stacked_forward(layer: torch.nn.Module, plan: Layout, weights: tuple[torch.T
     # Each adapter's run of samples is a view; its down convolution runs on it and its 1x1 up
     # projection accumulates into the result in place. (One grouped convolution over all
     # adapters measured slower on CPU: it needs a transposed copy of the input and of the output.)
-    conv_a = layer.lora_A[next(a for a in plan.adapters if a in layer.lora_A)]
+    conv_a = _first_conv(layer, plan.adapters)
     for i, adapter in enumerate(plan.adapters):
-        if adapter not in layer.lora_A:
+        if not any(a in layer.lora_A for a in _parts(adapter)):
             continue
         h = F.conv2d(xs[i * g:(i + 1) * g], a_w[i], stride=conv_a.stride, padding=conv_a.padding,
                      dilation=conv_a.dilation)
@@ -159,32 +201,82 @@ def stacked_forward(layer: torch.nn.Module, plan: Layout, weights: tuple[torch.T
     return result
 
 
+def _first_conv(layer: torch.nn.Module, keys: Sequence[Key]) -> torch.nn.Conv2d:
+    return layer.lora_A[next(a for k in keys for a in _parts(k) if a in layer.lora_A)]
+
+
+def runs_forward(layer: torch.nn.Module, runs: list[tuple[tuple[torch.Tensor, torch.Tensor], int, int]],
+                 conv: torch.nn.Conv2d | None, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``base_layer(x)`` plus each run's low-rank update on its samples (``runs``: ``(factors,
+    start, end)``, :func:`factors`; ``conv``: a LoRA down convolution of the layer, for its
+    geometry), run by run on views: any layout."""
+    result = layer.base_layer(x, *args, **kwargs)
+    for (a_w, b_w), s, e in runs:
+        xs, dst = x[s:e].to(a_w.dtype), result[s:e]
+        fused = dst.dtype == a_w.dtype and dst.is_contiguous()
+        if a_w.dim() == 2:  # linear
+            h = xs.reshape(-1, xs.shape[-1]) @ a_w.T
+            if fused:
+                dst.view(-1, dst.shape[-1]).addmm_(h, b_w.T)
+            else:
+                dst += (h @ b_w.T).reshape(dst.shape).to(dst.dtype)
+            continue
+        h = F.conv2d(xs, a_w, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        if fused:
+            g = e - s
+            up = b_w.reshape(1, b_w.shape[0], -1).expand(g, -1, -1)
+            dst.view(g, dst.shape[1], -1).baddbmm_(up, h.reshape(g, h.shape[1], -1))
+        else:
+            dst += F.conv2d(h, b_w).to(dst.dtype)
+    return result
+
+
 @contextlib.contextmanager
-def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[int]:
+def stacked_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[Key]) -> Iterator[int]:
     """Within the block, every plain LoRA linear/conv layer of ``model`` serves the per-sample
-    ``adapter_names`` with :func:`stacked_forward`, and yields how many layers it serves. It
-    yields 0 and changes nothing when the layout is not base-first runs of equal length (the
-    caller then uses PEFT's mixed batch); layers it cannot serve get PEFT's mixed batch."""
+    ``adapter_names`` (names, or tuples of names merged) with :func:`stacked_forward` (base-first
+    runs of equal length) or :func:`runs_forward` (any other layout), and yields how many layers it
+    serves; layers it cannot serve get PEFT's mixed batch. It yields 0 and changes nothing when no
+    sample has an adapter, or when a merged run meets a layer it cannot serve (the caller then
+    runs the merged samples apart)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    plan = layout_of(adapter_names)
-    if plan is None:
+    names = list(adapter_names)
+    plan = layout_of(names)
+    runs = runs_of(names)
+    keys = list(dict.fromkeys(k for k, _, _ in runs))
+    merged = any(isinstance(k, tuple) for k in keys)
+    if not runs:
         yield 0
         return
-    names = list(adapter_names)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def touched(m) -> bool:
+        return any(a in m.lora_A for k in keys for a in _parts(k))
+
+    def served(m) -> bool:
+        return _kind(m) is not None and _eligible(m, keys) and touched(m)
+
+    if merged and any(touched(m) and not served(m) for m in layers):
+        yield 0  # PEFT's mixed batch, the fallback for such a layer, has one adapter per sample
+        return
 
     def pre_hook(_module, args, kwargs):
         kwargs["adapter_names"] = names
         return args, kwargs
 
     patched, handles = [], []
-    for m in model.modules():
-        if not isinstance(m, BaseTunerLayer):
-            continue
-        if _kind(m) is not None and _eligible(m, plan.adapters) and any(a in m.lora_A for a in plan.adapters):
+    for m in layers:
+        if served(m):
             # The weights are stacked (or taken from the layer's cache) once, here: per call only
             # the products run.
-            m.forward = functools.partial(stacked_forward, m, plan, stacked_weights(m, plan.adapters))
+            if plan is not None:
+                m.forward = functools.partial(stacked_forward, m, plan, stacked_weights(m, plan.adapters))
+            else:
+                per_key = {k: factors(m, k) for k in keys}
+                conv = _first_conv(m, keys) if _kind(m) == "conv2d" else None
+                m.forward = functools.partial(runs_forward, m, [(per_key[k], s, e) for k, s, e in runs
+                                                                if per_key[k] is not None], conv)
             patched.append(m)
         else:
             handles.append(m.register_forward_pre_hook(pre_hook, with_kwargs=True))

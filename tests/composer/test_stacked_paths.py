@@ -66,3 +66,42 @@ def test_stacked_in_bfloat16_equals_peft_mixed_batch():
     assert used == 2 and stacked.dtype == torch.bfloat16
     assert (stacked.float() - peft).abs().max().item() < 0.02 * peft.abs().max().item()
     assert (stacked[1:3] - stacked[3:]).abs().max() > 0.1  # the two adapters differ
+
+
+def _peft_reference(net: torch.nn.Module, order: list, x: torch.Tensor) -> torch.Tensor:
+    """Each sample through PEFT alone with its adapters active (a tuple: those merged)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+    out = []
+    for i, name in enumerate(order):
+        for m in layers:
+            m.set_adapter(list(name) if isinstance(name, tuple) else [name])
+        for m in layers:
+            m.enable_adapters(name != BASE)  # the base model alone
+        out.append(net(x[i : i + 1]))
+    for m in layers:
+        m.enable_adapters(True)
+        m.set_adapter(["a"])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("order", [
+    [BASE, "a", BASE, "a", "b", "b", "b"],  # fusion's: base copies between runs, an adapter twice, uneven runs
+    [BASE, ("a", "b"), ("a", "b"), "a", BASE],  # a merged run (an object with its attribute)
+    [BASE, ("a", "b"), ("a", "b"), "a", "a"],  # merged, in the equal-runs layout
+])
+def test_any_layout_and_merged_runs_equal_peft(order):
+    net = _net()
+    x = torch.randn(len(order), 4, 7, 7)
+    with torch.no_grad():
+        with stacked_adapter_batch(net, order) as used:
+            stacked = net(x)
+        reference = _peft_reference(net, order, x)
+    assert used == 2
+    assert (stacked - reference).abs().max().item() < 1e-5
+    for i, name in enumerate(order):  # the adapters act: each sample differs from the base model's
+        if name != BASE:
+            with torch.no_grad():
+                base = _peft_reference(net, [BASE], x[i : i + 1])
+            assert (stacked[i] - base[0]).abs().max() > 1e-2, i
