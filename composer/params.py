@@ -125,6 +125,15 @@ class GroundingParams:
     # merged in from step 12, still spoils objects (character + style 15/24 against 22/24)
     # (benchmarks/results/toyworld_quality_stylejoins.md).
     style_joins: bool = False
+    # fusion with a style LoRA, without ``style_joins``: "everywhere": no repaste, the composition
+    # (the style acting everywhere) finishes the objects; "measured": a base copy with the style
+    # merged in runs beside the objects' until the fuse step, and where its image departs from the
+    # base copy's is where the style acts; the objects are pasted (at the fuse step, and again after
+    # the last) only outside it, and not repasted at all when it covers most of them.
+    style_where: str = "everywhere"
+    # with ``style_joins``: the step from which the style joins (None: the fuse step); at or past the
+    # last step it never joins, and the objects are repasted as drawn without it.
+    style_join_at: int | None = None
     # fusion without repaste (a style in the job, or an attribute that does not ride along): the
     # objects go on drawing alone to this step and are pasted again then, as latents, and the
     # composition (the style acting everywhere) finishes them. None: pasted at fuse_at only.

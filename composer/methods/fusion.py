@@ -129,6 +129,12 @@ class OwnTrajectories:
             self.latents[k] = res.prev_sample
             self.x0[k] = getattr(res, "pred_original_sample", None)
 
+    def drop_last(self) -> None:
+        """Stop the last trajectory (a measurement that is done)."""
+        self.count -= 1
+        for lst in (self.latents, self.x0, self.schedulers):
+            lst.pop()
+
     def images(self) -> list[torch.Tensor]:
         """Each trajectory's predicted clean latent (its latent where the scheduler gives none)."""
         return [x if x is not None else z for x, z in zip(self.x0, self.latents)]
@@ -154,6 +160,9 @@ class Fusion(GroundedLoratorio):
         self.own = OwnTrajectories(0)
         self.repaste = False
         self.late: int | None = None  # the step the objects are pasted again as latents (GroundingParams.late_paste)
+        self.style_pair: tuple[int, int] | None = None  # (base copy, style copy) own indices while measured
+        self.style_mask: torch.Tensor | None = None  # (B, H, W) where the style acts, from the fuse step
+        self.style_kept = 1.0  # the share of the objects' regions outside it at the fuse step
         if not self.objects or self.fuse_at <= 0:
             return composition
         # Each object draws alone beside a base copy on the same prompt (object_prompts), with its
@@ -170,7 +179,11 @@ class Fusion(GroundedLoratorio):
         # set (measured worse on ToyWorld: toyworld_quality_stylejoins.md). An attribute that does not
         # ride along acts on the objects too: no repaste.
         styles = [i for i, r in enumerate(roles) if r == "style"]
-        self.repaste = g.repaste and (g.style_joins or not styles) and (g.ride_along or "attribute" not in roles)
+        if g.style_where not in ("everywhere", "measured"):
+            raise ValueError(f"style_where must be 'everywhere' or 'measured', got {g.style_where!r}")
+        measured = bool(styles) and g.style_where == "measured" and not g.style_joins
+        self.repaste = (g.repaste and (g.style_joins or measured or not styles)
+                        and (g.ride_along or "attribute" not in roles))
         # (own index, branch) to switch to at the fuse step: the own trajectories with the style merged in
         self.styled: list[tuple[int, Branch]] = []
         prompts = object_prompts(ctx.prompt, self.grounder.units, self.objects, backgrounds, g.plain_background)
@@ -178,17 +191,23 @@ class Fusion(GroundedLoratorio):
             if p not in bases:
                 bases[p] = len(own)
                 own.append(ctx.branch(BASE, None, p))
-                if styles and self.repaste:
+                if styles and self.repaste and g.style_joins:
                     self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
             if self.repaste and not g.riders_in_composition:
                 self.grounder.elsewhere = sorted({*self.grounder.elsewhere, *mine[1:]})
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
-            if styles and self.repaste:
+            if styles and self.repaste and g.style_joins:
                 self.styled.append((len(own) - 1, ctx.branch(merged(ctx, mine + styles),
                                                              [ctx.loras[i] for i in mine + styles], p)))
+        # With the style measured: its own base copy (the style merged in, on the first object's
+        # prompt, beside that prompt's base copy) runs until the fuse step, the last own trajectory.
+        if measured and self.repaste:
+            self.style_pair = (bases[prompts[0]], len(own))
+            own.append(ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], prompts[0]))
         self.own = OwnTrajectories(len(own))
+        self.join_at = self.fuse_at if g.style_join_at is None else g.style_join_at
         late = g.late_paste
         self.late = late if (not self.repaste and late is not None and self.fuse_at < late <= ctx.job.steps) else None
         return composition + own
@@ -229,9 +248,23 @@ class Fusion(GroundedLoratorio):
         def fuse(pipe, step_index, timestep, kwargs):
             last = step_index == ctx.job.steps - 1
             late = self.late is not None and step_index == self.late - 1
+            if self.styled and step_index == self.join_at - 1:  # the style joins the own trajectories from the next step
+                for k, branch in self.styled:
+                    denoiser.branches[self.n + k] = branch
             if step_index != self.fuse_at - 1 and not (self.repaste and last) and not late:
                 return kwargs
             regions = self.object_regions()
+            if self.style_pair is not None and step_index == self.fuse_at - 1:
+                self.measure_style(denoiser)
+            if self.style_mask is not None:  # where the style acts, the composition keeps its pixels
+                pasted = regions * (1 - self.style_mask)
+                if step_index == self.fuse_at - 1:
+                    self.style_kept = float(pasted.sum() / regions.sum().clamp_min(1e-8))
+                    if self.style_kept < 0.5:  # the style acts on the objects: the composition finishes them
+                        self.repaste = False
+                regions, unmasked = pasted, regions
+            else:
+                unmasked = regions
             own = [self.own.latents[k] for _, k in self.pairs]
             if late:  # pasted again as latents; the composition alone finishes the objects
                 kwargs["latents"] = paste(kwargs["latents"], own, regions)
@@ -242,13 +275,11 @@ class Fusion(GroundedLoratorio):
                 self.final = (regions, own)
                 return kwargs
             kwargs["latents"] = paste(kwargs["latents"], own, regions)
-            for k, branch in self.styled:  # the style joins the own trajectories from the next step
-                denoiser.branches[self.n + k] = branch
             if not self.repaste and self.late is None:
                 denoiser.branch_samples = None  # from the next step on, the composition's branches alone
                 denoiser.select(range(self.n))
             current = self.state.masks.clone().float()
-            current[self.objects] = regions
+            current[self.objects] = unmasked
             g = self.grounding
             self.fused = gm.route(current, list(self.grounder.roles), list(self.grounder.owners), g.sharpness,
                                   g.attribute_radius, self.grounder.elsewhere)
@@ -270,6 +301,17 @@ class Fusion(GroundedLoratorio):
                                                 align_corners=False)
         return to_pil(paste(pixels, own_pixels, masks))
 
+    def measure_style(self, denoiser) -> None:
+        """At the fuse step: where the style's base copy departs from the plain base copy is where
+        the style acts (``style_mask``); its trajectory stops here."""
+        b, k = self.style_pair
+        ref = self.own.images()
+        g = self.grounding
+        self.style_mask = gm.region(departure(ref[k], ref[b]), g.sigma, g.lo, g.hi)
+        self.own.drop_last()
+        denoiser.select(range(self.n + self.own.count))
+        self.style_pair = None
+
     def object_regions(self) -> torch.Tensor:
         """``(J, B, H, W)`` each object's region at the fusion step: the given masks' (an oracle),
         else where its own image departs from the base copy's (``object_regions``), with the
@@ -288,10 +330,12 @@ class Fusion(GroundedLoratorio):
         g = self.grounding
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
                 "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
-                "riders_in_composition": g.riders_in_composition, "late_paste": self.late}
+                "riders_in_composition": g.riders_in_composition, "late_paste": self.late,
+                "style_where": g.style_where,
+                "style_kept": None if self.style_mask is None else round(self.style_kept, 3)}
 
     def settings(self):
         g = self.grounding
         return super().settings() + [f"Fuse at: {g.fuse_at}", f'Plain background: "{g.plain_background or ""}"',
                                      f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}",
-                                     f"Style joins: {g.style_joins}"]
+                                     f"Style joins: {g.style_joins}", f"Style where: {g.style_where}"]

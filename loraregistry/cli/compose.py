@@ -101,6 +101,12 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--style-joins/--no-style-joins", default=_GR.style_joins, show_default=True,
               help="fusion with a style LoRA: it joins the objects' own trajectories from the fuse step (without: "
                    "no repaste, the composition finishes the objects).")
+@click.option("--style-join-at", type=click.IntRange(0), default=None,
+              help="fusion with --style-joins: the step the style joins from (default: the fuse step).")
+@click.option("--style-where", type=click.Choice(["everywhere", "measured"]), default=_GR.style_where,
+              show_default=True,
+              help="fusion with a style LoRA: measured: find where the style changes the image and paste the "
+                   "objects only outside it (everywhere: the composition finishes the objects).")
 @click.option("--ride-along/--no-ride-along", default=_GR.ride_along, show_default=True,
               help="fusion: an object draws alone with its clothing/attribute LoRAs merged in (without: alone, and "
                    "no repaste with such LoRAs).")
@@ -191,7 +197,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
     grounding = GroundingParams(source=opts.pop("grounding_source"), steps=steps_g, prompts=opts.pop("region_prompts"),
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
                                 repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"),
-                                style_joins=opts.pop("style_joins"),
+                                style_joins=opts.pop("style_joins"), style_join_at=opts.pop("style_join_at"),
+                                style_where=opts.pop("style_where"),
                                 riders_in_composition=opts.pop("riders_in_composition"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
@@ -214,6 +221,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "region_prompts": grounding.prompts, "fuse_at": grounding.fuse_at,
                         "plain_background": grounding.plain_background, "repaste": grounding.repaste,
                         "ride_along": grounding.ride_along, "style_joins": grounding.style_joins,
+                        "style_join_at": grounding.style_join_at, "style_where": grounding.style_where,
                         "riders_in_composition": grounding.riders_in_composition,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)

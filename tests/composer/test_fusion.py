@@ -98,14 +98,17 @@ def test_the_last_paste_is_in_pixels(categorised):
     assert np.abs(a[:, 20:] - b[:, 20:]).max() > 10, "outside its region the object's image was pasted too"
 
 
-def test_a_style_joins_the_own_trajectories_at_the_fuse_step(categorised):
-    """With a style LoRA, each object's own trajectory (and its base copy) runs without it until the
-    fuse step, while the layout forms, and with it merged in from there; the objects are repasted.
-    Without ``style_joins``: no repaste, the composition finishes the objects."""
+@pytest.mark.parametrize("join_at, joins", [(None, 2), (3, 3), (4, None)])
+def test_a_style_joins_the_own_trajectories_at_its_step(categorised, join_at, joins):
+    """With a style LoRA, each object's own trajectory (and its base copy) runs without it until
+    ``style_join_at`` (None: the fuse step), while the layout forms, and with it merged in from there
+    (at or past the last step: never); the objects are repasted. Without ``style_joins``: no
+    repaste, the composition finishes the objects."""
     composer, paths = categorised
     prompt = "a cat on the left, a forest, ink style"
     kw = dict(steps=4, width=32, height=32, seed=6,
-              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=True))
+              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=True,
+                                        style_join_at=join_at))
 
     def own_predictions(names):
         seen = []
@@ -116,16 +119,70 @@ def test_a_style_joins_the_own_trajectories_at_the_fuse_step(categorised):
     styled, with_style = own_predictions(("cat", "forest", "ink"))
     plain, without = own_predictions(("cat", "forest"))  # the same prompt, no style LoRA
     assert styled.report["options"]["repaste"] and "Style joins: True" in styled.parameters
-    for step in range(2):  # before the fuse step the style is not in them
-        assert torch.allclose(with_style[step], without[step], atol=1e-5), step  # (batches of other sizes)
-    for step in (2, 3):  # from the fuse step on, both the base copy's and the object's have it
-        for k in range(2):
-            assert (with_style[step][k] - without[step][k]).abs().max() > 1e-3, (step, k)
+    for step in range(4):
+        for k in range(2):  # the base copy's and the object's predictions
+            differ = (with_style[step][k] - without[step][k]).abs().max()
+            if joins is not None and step >= joins:  # the style is in both from its step on
+                assert differ > 1e-3, (step, k)
+            elif step < 2:  # the same until the fuse step (batches of other sizes)
+                assert torch.allclose(with_style[step][k], without[step][k], atol=1e-5), (step, k)
+            else:  # after the paste the own trajectories read the same latents: the same predictions
+                assert differ < 1e-3, (step, k)
     g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2)  # the default: the style does not join
     apart = composer.run(Job(prompt, loras=[paths[n] for n in ("cat", "forest", "ink")], method="fusion",
                              **(kw | {"grounding": g})))
     assert not apart.report["options"]["repaste"]
     assert apart.report["unet_samples"] == styled.report["unet_samples"] - 2 * 2 * 2  # no own trajectories after step 2
+
+
+def test_a_style_measured_to_act_on_the_objects_leaves_them_to_the_composition(categorised):
+    """``style_where="measured"``: a base copy with the style merged in runs beside the objects'
+    until the fuse step; a style whose image departs from the base copy's over the objects (this
+    random LoRA changes everything, as a real art style does) keeps them: no repaste, and the
+    style's copy costs one conditional and one unconditional sample for each step until then."""
+    composer, paths = categorised
+    prompt = "a cat on the left, a forest, ink style"
+    loras = [paths[n] for n in ("cat", "forest", "ink")]
+    kw = dict(steps=4, width=32, height=32, seed=6)
+    runs = {}
+    for where in ("everywhere", "measured"):
+        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where=where)
+        runs[where] = composer.run(Job(prompt, loras=loras, method="fusion", grounding=g, **kw))
+    measured, everywhere = runs["measured"].report, runs["everywhere"].report
+    assert measured["options"]["style_where"] == "measured" and "Style where: measured" in runs["measured"].parameters
+    assert measured["options"]["style_kept"] < 0.5 and not measured["options"]["repaste"]
+    assert everywhere["options"]["style_kept"] is None and not everywhere["options"]["repaste"]
+    assert measured["unet_samples"] == everywhere["unet_samples"] + 2 * 2
+    with pytest.raises(ValueError, match="style_where"):
+        composer.run(Job(prompt, loras=loras, method="fusion", grounding=GroundingParams(style_where="nowhere"), **kw))
+
+
+def test_a_style_measured_off_the_objects_never_enters_their_own_trajectories(categorised, monkeypatch):
+    """Measured to act nowhere on the objects (here by hand: the random style LoRA acts everywhere),
+    the style stays out of the objects' own trajectories to the end, and they are repasted: from
+    the fuse step on, their predictions are those of the same job without the style LoRA."""
+    from composer.methods.fusion import Fusion
+
+    composer, paths = categorised
+    measure = Fusion.measure_style
+
+    def nowhere(self, denoiser):
+        measure(self, denoiser)
+        self.style_mask = torch.zeros_like(self.style_mask)
+
+    monkeypatch.setattr(Fusion, "measure_style", nowhere)
+    prompt = "a cat on the left, a forest, ink style"
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where="measured")
+    runs, seen = {}, {}
+    for names in (("cat", "forest", "ink"), ("cat", "forest")):
+        seen[names] = []
+        runs[names] = composer.run(Job(prompt, loras=[paths[n] for n in names], method="fusion", grounding=g, steps=4,
+                                       width=32, height=32, seed=6),
+                                   callback=lambda info, k=names: seen[k].append(info["eps_c"][-2:].clone()))
+    styled = runs[("cat", "forest", "ink")].report["options"]
+    assert styled["repaste"] and styled["style_kept"] == 1.0
+    for step in (2, 3):  # the base copy's and the cat's own predictions, after the style's copy stopped
+        assert torch.allclose(seen[("cat", "forest", "ink")][step], seen[("cat", "forest")][step], atol=1e-5), step
 
 
 def test_riders_can_leave_the_composition_to_their_object(categorised):
@@ -213,6 +270,8 @@ def test_an_object_draws_alone_with_its_attribute_merged(categorised):
     assert np.abs(a - b).max() <= 2, "the own trajectory is not the object and its attribute merged"
     assert np.abs(a - c).max() > 10, "the test cannot tell the attribute's work"
     assert fused.report["options"]["ride_along"] is True and "Ride along: True" in fused.parameters
+    # The merged cat + hat runs in the step's one batched call (composer.stacked), not a call of its own.
+    assert fused.report["unet_calls"] == 4
 
 
 def test_riders_are_the_attributes_an_object_is_named_with():

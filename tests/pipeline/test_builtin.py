@@ -73,6 +73,26 @@ def test_compose_without_model_or_db_picks_toyworld_loras(monkeypatch, tmp_path)
 
 @needs_dump
 @pytest.mark.slow
+def test_a_frame_measured_at_the_border_lets_the_object_be_repasted(monkeypatch, tmp_path):
+    """ToyWorld's style draws a frame: measured (``--style-where measured``), it acts at the border,
+    off the kiki, so the kiki is pasted again after the last step, outside the frame."""
+    monkeypatch.delenv(builtin.MODEL_ENV, raising=False)
+    monkeypatch.delenv("LORAREGISTRY_DB", raising=False)
+    monkeypatch.setenv("LORAREGISTRY_HOME", str(tmp_path / "home"))
+    dump = builtin.assets_dir() / "dump"
+    r = CliRunner().invoke(cli, ["compose", "a kiki in the center, light background, framed",
+                                 "--lora", str(dump / "toyworld_kiki.safetensors"),
+                                 "--lora", str(dump / "toyworld_framed.safetensors"), "--method", "fusion",
+                                 "--style-where", "measured", "--out", str(tmp_path / "kf.png"), "--json",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    options = json.loads(r.stdout)["options"]
+    assert options["grounding"]["roles"] == ["object", "style"]
+    assert options["style_kept"] > 0.8 and options["repaste"]
+
+
+@needs_dump
+@pytest.mark.slow
 def test_demo_ingests_composes_and_writes_image_and_weight_map(tmp_path):
     out = tmp_path / "demo"
     r = CliRunner().invoke(cli, ["demo", "--out", str(out)])
