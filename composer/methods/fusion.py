@@ -209,7 +209,8 @@ class Fusion(GroundedLoratorio):
         self.own = OwnTrajectories(len(own))
         self.join_at = self.fuse_at if g.style_join_at is None else g.style_join_at
         late = g.late_paste
-        self.late = late if (not self.repaste and late is not None and self.fuse_at < late <= ctx.job.steps) else None
+        self.late_step = late if (late is not None and self.fuse_at < late <= ctx.job.steps) else None
+        self.late = None if self.repaste else self.late_step
         return composition + own
 
     @property
@@ -261,7 +262,7 @@ class Fusion(GroundedLoratorio):
                 if step_index == self.fuse_at - 1:
                     self.style_kept = float(pasted.sum() / regions.sum().clamp_min(1e-8))
                     if self.style_kept < 0.5:  # the style acts on the objects: the composition finishes them
-                        self.repaste = False
+                        self.repaste, self.late = False, self.late_step
                 regions, unmasked = pasted, regions
             else:
                 unmasked = regions

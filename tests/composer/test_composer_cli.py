@@ -152,17 +152,17 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
                                  "--plain-background", "white background",
                                  "--lora", sd1_loras["kohya"], "--lora", sd1_loras["peft"], "--grounding", "contrast",
                                  "--grounding-steps", "0", "--steps", "2", "--width", "32", "--height", "32",
-                                 "--style-where", "measured", "--style-join-at", "5",
+                                 "--style-where", "everywhere", "--style-join-at", "5",
                                  "--out", str(out), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     options = json.loads(r.output[r.output.index("{"):])["options"]
     assert options["fuse_at"] == 1 and options["plain_background"] == "white background"
-    assert options["style_where"] == "measured" and options["grounding"]["style_join_at"] == 5
+    assert options["style_where"] == "everywhere" and options["grounding"]["style_join_at"] == 5
     params = Image.open(out).text["parameters"]
     assert "Fuse at: 1" in params and 'Plain background: "white background"' in params
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"name": "f", "prompt": "a fox, a hill", "method": "fusion", "fuse_at": 3,
-                                "plain_background": None, "style_where": "measured", "loras": [sd1_loras["kohya"]],
+                                "plain_background": None, "style_where": "everywhere", "loras": [sd1_loras["kohya"]],
                                 "steps": 2}) + "\n")
     r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(tmp_path / "b"),
                                  "--width", "32", "--height", "32", "--device", "cpu", "--json", "--no-repaste",
@@ -172,4 +172,4 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
     assert options["fuse_at"] == 3 and options["plain_background"] is None
     assert options["grounding"]["repaste"] is False  # the batch's defaults, from the command line
     assert options["ride_along"] is False
-    assert options["style_where"] == "measured"  # the job's own field
+    assert options["style_where"] == "everywhere"  # the job's own field

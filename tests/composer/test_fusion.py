@@ -128,7 +128,7 @@ def test_a_style_joins_the_own_trajectories_at_its_step(categorised, join_at, jo
                 assert torch.allclose(with_style[step][k], without[step][k], atol=1e-5), (step, k)
             else:  # after the paste the own trajectories read the same latents: the same predictions
                 assert differ < 1e-3, (step, k)
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2)  # the default: the style does not join
+    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where="everywhere")  # no join, no repaste
     apart = composer.run(Job(prompt, loras=[paths[n] for n in ("cat", "forest", "ink")], method="fusion",
                              **(kw | {"grounding": g})))
     assert not apart.report["options"]["repaste"]
