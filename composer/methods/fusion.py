@@ -17,10 +17,15 @@ around them, and the object LoRA finishes its object in the context it knows (a 
 finished by the composition, filled in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
 background the base model knows, with its attributes merged in (``ride_along``: riders); with the
 repaste, those attributes act only there, not in the composition (``riders_in_composition``).
+A style LoRA is measured (``style_where``): a base copy with the style merged in runs until the fuse
+step, and where its image departs from the plain base copy's is where the style acts; the objects
+are pasted only outside it, and where it covers them (an art style restyles everything) they are
+not repasted, so that the composition, the style acting there, finishes them.
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
-the first ``fuse_at`` steps, or of every step with ``repaste``; with ``repaste``, one more VAE
-decode per object.
+the first ``fuse_at`` steps, or of every step with ``repaste``; a pair for the style's copy for the
+first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. All of them run in the
+step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders).
 """
 from __future__ import annotations
 
@@ -172,12 +177,13 @@ class Fusion(GroundedLoratorio):
         bases: dict[str, int] = {}
         g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
-        # A style acts on the objects too. Merged into an object's own trajectory from the first step
-        # it cost ToyWorld's character + style tasks 22/24 -> 8/24 (as Merge loses them: the style
-        # redraws the layout). So the composition finishes the objects (no repaste), or, with
-        # ``style_joins``, the style joins the own trajectories from the fuse step, once the layout is
-        # set (measured worse on ToyWorld: toyworld_quality_stylejoins.md). An attribute that does not
-        # ride along acts on the objects too: no repaste.
+        # A style may act on the objects too. Merged into an object's own trajectory from the first
+        # step it cost ToyWorld's character + style tasks 22/24 -> 8/24 (as Merge loses them: the
+        # style redraws the layout). So where it is measured to act on the objects the composition
+        # finishes them (style_where="measured"; "everywhere": always, no repaste), or, with
+        # ``style_joins``, the style joins the own trajectories from ``style_join_at`` (measured
+        # worse on ToyWorld: toyworld_quality_stylejoins.md). An attribute that does not ride along
+        # acts on the objects too: no repaste.
         styles = [i for i, r in enumerate(roles) if r == "style"]
         if g.style_where not in ("everywhere", "measured"):
             raise ValueError(f"style_where must be 'everywhere' or 'measured', got {g.style_where!r}")
