@@ -12,8 +12,18 @@ unconditional). Compared, on the same random-weight UNet with N random rank-8 PE
 * floor: one plain call of batch 2(N+1) on the same UNet without any LoRA layers.
 
 Also reports the larger of max |stacked - sequential| and max |PEFT mixed - sequential| (float32).
+
+``--fusion``: the batch of one fusion step instead (composer.methods.fusion, an object with a
+background and its attribute riding along): the composition's base, object and background branches,
+then the object's own trajectory (base copy, and the object with its attribute merged), each
+conditional and unconditional: ``[B, B, obj, obj, bg, bg, B, B, obj+attr, obj+attr]``. Compared:
+stacked (ONE call: composer.stacked serves the repeated base, the repeated object and the merged run),
+before (what the composer ran until 2026-12-06: PEFT's mixed batch for the eight plain samples and a
+call of its own for the merged pair) and sequential (one call per branch).
 Usage:
     python benchmarks/bench_compose.py [--sizes tiny,mid,mid70] [--n 1,2,4,8] [--reps 3] [--out benchmarks/results/compose.md]
+    python benchmarks/bench_compose.py --fusion --sizes toyworld,tiny,mid70 [--out benchmarks/results/compose_fusion.md]
+(``toyworld``: the built-in ToyWorld UNet's configuration, random weights.)
 """
 from __future__ import annotations
 
@@ -43,11 +53,23 @@ SIZES = {
 }
 
 
+def _toyworld() -> tuple[dict, int]:
+    """The built-in ToyWorld UNet's configuration (random weights here), 16x16 latents."""
+    import json
+
+    from loraregistry.builtin import builtin_pipeline_dir
+
+    cfg = json.loads((builtin_pipeline_dir() / "unet" / "config.json").read_text())
+    keys = ("block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim", "norm_num_groups",
+            "down_block_types", "up_block_types")
+    return {k: cfg[k] for k in keys}, cfg["sample_size"]
+
+
 def build(size: str, n: int, device: str):
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
-    cfg, latent = SIZES[size]
+    cfg, latent = _toyworld() if size == "toyworld" else SIZES[size]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **cfg).eval().to(device)
     floor = copy.deepcopy(unet)
@@ -144,6 +166,78 @@ def run(size: str, n: int, reps: int, device: str) -> dict:
                 macs_ratio=lora_macs / floor_macs)
 
 
+def run_fusion(size: str, reps: int, device: str) -> dict:
+    from composer.denoiser import only_adapters
+
+    unet, floor, names, dim, latent = build(size, 3, device)
+    obj, bg, attr = names
+    g = torch.Generator().manual_seed(0)
+    branches = [BASE, obj, bg, BASE, (obj, attr)]
+    x = torch.randn(2 * len(branches), 4, latent, latent, generator=g).to(device)  # the own latents differ
+    ehs = torch.randn(2 * len(branches), 77, dim, generator=g).to(device)
+    adapters = [a for a in branches for _ in range(2)]
+    plain = [i for i, a in enumerate(adapters) if not isinstance(a, tuple)]
+    merged = [i for i, a in enumerate(adapters) if isinstance(a, tuple)]
+    held = copy.deepcopy(unet)
+
+    def stacked():
+        return held(x, 500, encoder_hidden_states=ehs).sample
+
+    def before():
+        with mixed_adapter_batch(unet, [adapters[i] for i in plain]):
+            a = unet(x[plain], 500, encoder_hidden_states=ehs[plain]).sample
+        with only_adapters(unet, (obj, attr)):
+            b = unet(x[merged], 500, encoder_hidden_states=ehs[merged]).sample
+        out = torch.empty_like(x)
+        out[plain], out[merged] = a, b
+        return out
+
+    def sequential():
+        outs = []
+        for k, a in enumerate(branches):
+            sl = slice(2 * k, 2 * k + 2)
+            if a == BASE:
+                unet.disable_adapters()
+                outs.append(unet(x[sl], 500, encoder_hidden_states=ehs[sl]).sample)
+                unet.enable_adapters()
+                continue
+            with only_adapters(unet, a if isinstance(a, tuple) else (a,)):
+                outs.append(unet(x[sl], 500, encoder_hidden_states=ehs[sl]).sample)
+        return torch.cat(outs)
+
+    def plain_floor():
+        return floor(x, 500, encoder_hidden_states=ehs).sample
+
+    with torch.inference_mode(), stacked_adapter_batch(held, adapters) as used:
+        assert used, "the stacked forward did not take the fusion layout"
+        ref = sequential()
+        diff = max((stacked() - ref).abs().max().item(), (before() - ref).abs().max().item())
+        t = timeit({"stacked": stacked, "before": before, "sequential": sequential, "floor": plain_floor}, reps, device)
+    params = sum(p.numel() for p in floor.parameters())
+    return dict(size=size, params=params, latent=latent, batch=len(adapters), **t, diff=diff)
+
+
+def main_fusion(a) -> None:
+    rows = []
+    for size in a.sizes.split(","):
+        r = run_fusion(size, a.reps, a.device)
+        rows.append(r)
+        print(r, flush=True)
+    lines = ["| UNet | params | latents | batch | stacked s/step | before s/step | sequential s/step | floor s/step | "
+             "before/stacked | stacked/floor | max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['latent']}x{r['latent']} | {r['batch']} | {r['stacked']:.4f} | "
+              f"{r['before']:.4f} | {r['sequential']:.4f} | {r['floor']:.4f} | {r['before'] / r['stacked']:.2f} | "
+              f"{r['stacked'] / r['floor']:.3f} | {r['diff']:.1e} |" for r in rows]
+    env = (f"device={a.device}, threads={a.threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+           f"median of {a.reps} interleaved rounds after 1 warm-up")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(f"# compose benchmark: one fusion step\n\n`python benchmarks/bench_compose.py --fusion --sizes {a.sizes} "
+                    f"--reps {a.reps}`\n\n{env}\n\n{text}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny,mid")
@@ -152,8 +246,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fusion", action="store_true", help="time one fusion step's batch (see above)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.fusion:
+        return main_fusion(a)
     rows = []
     for size in a.sizes.split(","):
         for n in (int(s) for s in a.n.split(",")):
