@@ -260,18 +260,7 @@ class Fusion(GroundedLoratorio):
                     denoiser.branches[self.n + k] = branch
             if step_index != self.fuse_at - 1 and not (self.repaste and last) and not late:
                 return kwargs
-            regions = self.object_regions()
-            if self.style_pair is not None and step_index == self.fuse_at - 1:
-                self.measure_style(denoiser)
-            if self.style_mask is not None:  # where the style acts, the composition keeps its pixels
-                pasted = regions * (1 - self.style_mask)
-                if step_index == self.fuse_at - 1:
-                    self.style_kept = float(pasted.sum() / regions.sum().clamp_min(1e-8))
-                    if self.style_kept < 0.5:  # the style acts on the objects: the composition finishes them
-                        self.repaste, self.late = False, self.late_step
-                regions, unmasked = pasted, regions
-            else:
-                unmasked = regions
+            regions, unmasked = self.outside_style(self.object_regions(), step_index == self.fuse_at - 1, denoiser)
             own = [self.own.latents[k] for _, k in self.pairs]
             if late:  # pasted again as latents; the composition alone finishes the objects
                 kwargs["latents"] = paste(kwargs["latents"], own, regions)
@@ -307,6 +296,21 @@ class Fusion(GroundedLoratorio):
         masks = torch.nn.functional.interpolate(regions[:, :1].float().cpu(), size=pixels.shape[-2:], mode="bilinear",
                                                 align_corners=False)
         return to_pil(paste(pixels, own_pixels, masks))
+
+    def outside_style(self, regions: torch.Tensor, fusing: bool, denoiser) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objects' regions to paste (less the style's region: where the style acts, the
+        composition keeps its pixels) and as they were. At the fuse step (``fusing``) the style's
+        region is measured, and where it covers most of the objects they are not repasted."""
+        if self.style_pair is not None and fusing:
+            self.measure_style(denoiser)
+        if self.style_mask is None:
+            return regions, regions
+        pasted = regions * (1 - self.style_mask)
+        if fusing:
+            self.style_kept = float(pasted.sum() / regions.sum().clamp_min(1e-8))
+            if self.style_kept < 0.5:  # the style acts on the objects: the composition finishes them
+                self.repaste, self.late = False, self.late_step
+        return pasted, regions
 
     def measure_style(self, denoiser) -> None:
         """At the fuse step: where the style's base copy departs from the plain base copy is where
