@@ -51,8 +51,8 @@ class SelectionParams:
     The default prunes by phrase (``per_phrase``): retrieval says which phrase a candidate may
     serve, the probe's strength and agreement decide among a phrase's candidates. Measured on
     ToyWorld with 24 distractors beside the 8 skill LoRAs (benchmarks/results/toyworld_selection.md,
-    1-4 skills x 4 seeds): the kept LoRAs draw exactly the prompt's skills in 94% of runs (exactly the
-    good LoRAs, no weak copy: 66%; held-out seeds 4-7: 92% and 67%), against 0% for the global ranking (``per_phrase=None``: k with
+    1-4 skills x 4 seeds): the kept LoRAs draw exactly the prompt's skills in 96% of runs (exactly the
+    good LoRAs, no weak copy: 86%; held-out seeds 4-7: 96% and 90%), against 0% for the global ranking (``per_phrase=None``: k with
     ``threshold`` on retrieval^w x probe^(1-w), w = ``retrieval_weight``), whose probe prefers
     whole-image LoRAs (they diverge from the base everywhere).
     """
@@ -61,11 +61,12 @@ class SelectionParams:
     keep: int | None = None  # k (k_max); None: min(MAX_KEEP, the candidates)
     probe_steps: int = 3  # P
     # Where the probe starts, as a fraction of the denoising steps: the base model runs alone for the
-    # first S = round(probe_start x steps) (at most steps - P). composer.probe says why: from step 12 of
-    # 25, a full LoRA moves the prediction more than its quick-trained copy (the halo's only from there);
-    # at steps 0-2 about as much. Exact selection on ToyWorld: 66% and 67% (seeds 0-3, 4-7) from step
-    # 12, 35% and 27% from step 6 (benchmarks/results/toyworld_selection*.md).
-    probe_start: float = 0.48
+    # first S = round(probe_start x steps) (at most steps - P). composer.probe says why: the later the
+    # steps (until the last few), the more a full LoRA moves the prediction beyond its quick-trained
+    # copy (the halo's only from step 12). Exact selection on ToyWorld, seeds 0-3 / 4-7, by the step of
+    # 25 the probe starts at: 6: 35 / 27%, 12: 66 / 67%, 14: 73 / 79%, 16: 77 / 87%, 18: 79 / 90%,
+    # 20: 86 / 90%, 22: 80 / 75% (chosen on seeds 0-3; benchmarks/results/toyworld_selection_probe_start.md).
+    probe_start: float = 0.8
     threshold: float = 0.5  # relative to the best combined score
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k

@@ -11,7 +11,8 @@ copy of a LoRA moves the prediction about as much as the full one; a few steps i
 has laid out the image, the full one mostly moves it more. Along the base's path at steps 6-8 of 25
 the full ToyWorld LoRA moved it more than its quarter-trained copy in every (prompt, seed) pair of
 five skills, checkerboard 67-75%, and the halo (drawn late) only from step 12
-(benchmarks/results/toyworld_probe_steps.md); the default starts there (SelectionParams.probe_start). Following the base also makes a candidate's
+(benchmarks/results/toyworld_probe_steps.md); selection was most often exact with the probe from
+step 20 of 25 (toyworld_selection_probe_start.md), the default (SelectionParams.probe_start). Following the base also makes a candidate's
 measurement independent of the other candidates (whole-image candidates steered the LoRAtorio path
 the probe used to follow).
 

@@ -62,10 +62,10 @@ def test_probe_ranks_active_lora_above_identity(auto, dump):
 def test_probe_start_is_a_fraction_of_the_steps_that_leaves_room_for_the_probe():
     from composer.params import SelectionParams
 
-    assert SelectionParams().probe_start_step(25) == 12  # round(0.48 x 25)
-    assert SelectionParams().probe_start_step(50) == 24
+    assert SelectionParams().probe_start_step(25) == 20  # round(0.8 x 25)
+    assert SelectionParams().probe_start_step(50) == 40
     assert SelectionParams(probe_start=0.24).probe_start_step(25) == 6
-    assert SelectionParams(probe_steps=2).probe_start_step(4) == 2  # round(1.92), and 2 + P fits in 4
+    assert SelectionParams(probe_steps=2).probe_start_step(4) == 2  # round(3.2) leaves no room for P: 4 - 2
     assert SelectionParams(probe_steps=3).probe_start_step(3) == 0  # no room: the probe starts at once
     assert SelectionParams(probe_start=0.9, probe_steps=3).probe_start_step(10) == 7
 
@@ -97,7 +97,7 @@ def test_compose_from_registry_report_and_png(auto, tmp_path):
     assert {d["name"] for d in sel["dropped"]} == {c["name"] for c in sel["candidates"]} - set(sel["survivors"])
     assert "Inert LoRA" not in sel["survivors"]
     assert [x["name"] for x in rep["loras"]] == sel["survivors"]
-    # the base alone for S = round(0.48 x 4) = 2 steps, then 2 probe steps with every candidate
+    # the base alone for S = min(round(0.8 x 4), 4 - 2) = 2 steps, then 2 probe steps with every candidate
     assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 2 and sel["probe"]["unet_calls"] == 4
     assert sel["probe"]["unet_samples"] == 2 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
     assert rep["unet_samples"] == 4 * 2 * 3  # compose: 4 steps x 2 halves x (base + 2)

@@ -29,10 +29,11 @@ def test_compose_reuse_probe_flag(sd1_dir, registry, dump, tmp_path):
     out = tmp_path / "reuse.png"
     r = CliRunner().invoke(cli, ["--db", registry.url, "compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"],
                                  "--pool", dump["stripes"], "--keep", "2", "--threshold", "0", "--reuse-probe",
+                                 "--probe-start", "0.34",
                                  "--out", str(out), "--json", *SMALL])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output[r.output.index("{"):])
-    # 3 steps: the probe's base step (S = round(0.48 x 3) = 1) and its 1 step replayed
+    # 3 steps: the probe's base step (S = round(0.34 x 3) = 1) and its 1 step replayed
     assert rep["replayed_steps"] == 2 and rep["unet_calls"] == 1
     assert "Probe steps re-used: 2" in Image.open(out).text["parameters"]
 
