@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +42,9 @@ def list_order(sort: str) -> list:
     return [c.desc().nulls_last() for c in LIST_ORDERS[sort]] + [Version.id]
 
 
+OPEN_WAIT = 60.0  # seconds a registry open waits out another process's lock (the SQLite busy timeout's)
+
+
 class Registry:
     """A registry: SQL (the source of truth) plus the FAISS index derived from its embeddings."""
 
@@ -57,12 +61,27 @@ class Registry:
                 raise RegistryError(f"cannot create the registry's directory {Path(parsed.database).parent}: {exc.strerror or exc}") from exc
         self.engine = make_engine(url)
         self._writer = writer_engine(self.engine)
-        try:
-            migrate.ensure_head(self.engine)
-        except OperationalError as exc:
-            raise RegistryError(f"cannot open registry {parsed.render_as_string(hide_password=True)}: {exc.orig}") from exc
+        self._migrate(parsed.render_as_string(hide_password=True))
         self._searcher: Any = None
         self._lock = threading.Lock()
+
+    def _migrate(self, shown_url: str) -> None:
+        """Bring the schema to head. Processes opening one new SQLite registry at once (two queue
+        workers sharing a home) can meet a lock the busy timeout does not wait on (a connection
+        switching the new file to WAL while another creates it): "database is locked" at once.
+        Such an open is retried for up to OPEN_WAIT seconds; any other error is reported at once."""
+        deadline = time.monotonic() + OPEN_WAIT
+        delay = 0.05
+        while True:
+            try:
+                migrate.ensure_head(self.engine)
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() + delay > deadline:
+                    raise RegistryError(f"cannot open registry {shown_url}: {exc.orig}") from exc
+                self.engine.dispose()  # a fresh connection sets the journal mode again
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     @classmethod
     def open(cls, url: str | None = None, **kwargs: Any) -> "Registry":

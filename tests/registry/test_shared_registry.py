@@ -246,3 +246,45 @@ def test_ingest_loads_its_embedder_before_taking_the_write_lock(tmp_path: Path) 
     reg.embedder = embedder.__get__(reg)
     report = reg.ingest(tmp_path / "dump")
     assert report.counts["embedded"] == 3 + 1 and free_at_first_call == [True]
+
+
+def test_an_open_that_meets_a_lock_waits_and_retries(tmp_path: Path, monkeypatch) -> None:
+    """Two queue workers sharing a home opened one new SQLite registry at once and one exited with
+    "database is locked" (a lock SQLite's busy timeout does not wait on). Such an open is retried
+    until it succeeds; any other failure is one clear error at once."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import loraregistry.api as api
+
+    real = api.migrate.ensure_head
+    calls: list[int] = []
+
+    def locked_twice(engine):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OperationalError("PRAGMA journal_mode=WAL", {}, sqlite3.OperationalError("database is locked"))
+        return real(engine)
+
+    monkeypatch.setattr(api.migrate, "ensure_head", locked_twice)
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}", index_dir=tmp_path / "index")
+    assert len(calls) == 3 and reg.list() == []
+    reg.close()
+
+    def broken(engine):
+        calls.append(1)
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    calls.clear()
+    monkeypatch.setattr(api.migrate, "ensure_head", broken)
+    with pytest.raises(RegistryError, match="cannot open registry .*disk I/O error"):
+        Registry(f"sqlite:///{tmp_path / 'r2.db'}", index_dir=tmp_path / "index2")
+    assert len(calls) == 1
+    def always_locked(engine):
+        raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(api, "OPEN_WAIT", 0.2)  # a lock that outlasts the wait: the same clear error
+    monkeypatch.setattr(api.migrate, "ensure_head", always_locked)
+    with pytest.raises(RegistryError, match="cannot open registry .*database is locked"):
+        Registry(f"sqlite:///{tmp_path / 'r3.db'}", index_dir=tmp_path / "index3")
