@@ -52,11 +52,14 @@ def test_stacked_equals_peft_mixed_batch(channels_last):
     assert (stacked[1:3] - stacked[3:]).abs().max() > 1e-2  # the two adapters differ
 
 
-def test_stacked_in_bfloat16_equals_peft_mixed_batch():
-    """A half-precision model (as on a GPU; bfloat16 runs on this CPU): the in-place path in that
-    dtype agrees with PEFT's mixed batch to bfloat16's resolution."""
+@pytest.mark.parametrize("order", [
+    [BASE, "a", "a", "b", "b"],  # equal runs: the batched products
+    [BASE, "a", "a", BASE, "b", "b"],  # any other layout: run by run
+])
+def test_stacked_in_bfloat16_equals_peft_mixed_batch(order):
+    """A half-precision model (as on a GPU; bfloat16 runs on this CPU): the in-place paths in that
+    dtype agree with PEFT's mixed batch to bfloat16's resolution."""
     net = _net().to(torch.bfloat16)
-    order = [BASE, "a", "a", "b", "b"]
     x = torch.randn(len(order), 4, 7, 7, dtype=torch.bfloat16)
     with torch.no_grad():
         with mixed_adapter_batch(net, order):
@@ -65,7 +68,8 @@ def test_stacked_in_bfloat16_equals_peft_mixed_batch():
             stacked = net(x)
     assert used == 2 and stacked.dtype == torch.bfloat16
     assert (stacked.float() - peft).abs().max().item() < 0.02 * peft.abs().max().item()
-    assert (stacked[1:3] - stacked[3:]).abs().max() > 0.1  # the two adapters differ
+    a, b = order.index("a"), order.index("b")
+    assert (stacked[a] - stacked[b]).abs().max() > 0.1  # the two adapters differ
 
 
 def _peft_reference(net: torch.nn.Module, order: list, x: torch.Tensor) -> torch.Tensor:
