@@ -7,9 +7,9 @@ batch is laid out adapter by adapter in runs of equal length (what ``MultiLoraDe
 the base model's samples first, then each LoRA's), the LoRA samples are a view ``(N, g, ...)``
 of the input: for linear layers all N low-rank updates are two batched products (``bmm``) added
 in place; for conv layers each adapter's two convolutions run on its view and add in place (no
-gather, no scatter). PEFT has no such path, hence this layer-level forward; anything it does not
-cover (DoRA and other variants, LoRA biases, grouped convs, uneven runs) falls back to PEFT's own
-mixed batch.
+gather, no scatter). PEFT has no such path, hence this layer-level forward; a layer it does not
+cover (DoRA and other variants, LoRA biases, grouped convs, convolutions of different shapes)
+falls back to PEFT's own mixed batch.
 
 Any other layout (the base model's samples between LoRA runs, an adapter in several runs, runs of
 different lengths: fusion's batch, where each object's own trajectory and its base copy follow the
