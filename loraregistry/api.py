@@ -66,10 +66,11 @@ class Registry:
         self._lock = threading.Lock()
 
     def _migrate(self, shown_url: str) -> None:
-        """Bring the schema to head. Processes opening one new SQLite registry at once (two queue
-        workers sharing a home) can meet a lock the busy timeout does not wait on (a connection
-        switching the new file to WAL while another creates it): "database is locked" at once.
-        Such an open is retried for up to OPEN_WAIT seconds; any other error is reported at once."""
+        """Bring the schema to head. Two queue workers sharing a home opened one new SQLite
+        registry at once and one failed with "database is locked" (seen once in CI, on a loaded
+        machine; not reproduced with six processes, so which lock the busy timeout did not wait out
+        is not known). Such an open is retried for up to OPEN_WAIT seconds; any other error is
+        reported at once."""
         deadline = time.monotonic() + OPEN_WAIT
         delay = 0.05
         while True:
