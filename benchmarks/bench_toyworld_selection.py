@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 # name -> retrieval weight of combine_scores (None: SelectionParams' default); "agreement": the
 # phrase-wise probe (strength x agreement^power within the phrase, eligibility by match, inert by
-# strength) with SelectionParams' power; "agreement^1": the first rule, power 1.
-SCORES = {"retrieval": 1.0, "probe": 0.0, "combined": None, "agreement^1": "agreement^1", "agreement": "agreement"}
+# strength) with SelectionParams' power; "agreement^1": the first rule, power 1; "unweighted": every
+# peer's vote counts the same (the rule until 2026-12-07).
+SCORES = {"retrieval": 1.0, "probe": 0.0, "combined": None, "agreement^1": "agreement^1",
+          "agreement, unweighted": "unweighted", "agreement": "agreement"}
 PRUNING = ("global", "phrase")
 
 
@@ -68,13 +70,13 @@ def survivors(run: dict, w: float | str, pruning: str, sel) -> set[str]:
 
     keep_n = min(sel.MAX_KEEP, len(run["names"]))
     phrases = run["phrases"]
-    if w in ("agreement", "agreement^1"):
+    if w in ("agreement", "agreement^1", "unweighted"):
         excluded = eligible(phrases, run["matches"], run["retrieval"], sel.min_semantic)
         phrases = [concept_of(p, m, tuple(t)) for p, m, t in zip(phrases, run["matches"], run["triggers"])]
         power = torch.tensor(run["strength"])
         active = [i not in excluded and float(power[i]) >= sel.inert for i in range(len(phrases))]
         scores = phrase_scores(power, torch.tensor(run["agreement"]), phrases, active,
-                               1.0 if w == "agreement^1" else sel.agreement_power)
+                               1.0 if w == "agreement^1" else sel.agreement_power, weighted=w == "agreement")
         keep = prune_by_phrase(scores, phrases, 1, strength=power, inert=sel.inert, excluded=excluded)[0][:keep_n]
         return {run["names"][i] for i in keep}
     scores = combine_scores(torch.tensor(run["probe"]), torch.tensor(run["retrieval"]), w)
@@ -167,7 +169,7 @@ def main() -> None:
     # how often a distractor of each kind survived when it was a candidate: the old default
     # (combined scores, global pruning) against the new (agreement, by phrase)
     versus = {"old": (sel.retrieval_weight, "global"), "agreement^1": ("agreement^1", "phrase"),
-              "new": ("agreement", "phrase")}
+              "unweighted": ("unweighted", "phrase"), "new": ("agreement", "phrase")}
     survived = {}
     for label, (w, pruning) in versus.items():
         for kind in sorted(set(kinds.values())):
@@ -194,7 +196,9 @@ def main() -> None:
              f"{sel.retrieval_weight}; global = the old default pruning (k = 4, threshold {sel.threshold}); "
              "phrase = each phrase keeps its best candidate; agreement = the phrase-wise probe (retrieval says which phrase "
              "a candidate may serve; within the phrase, strength x agreement^p with the phrase's other candidates; "
-             f"inert by strength): p = {sel.agreement_power:g}, the default; agreement^1: p = 1, the first rule.", "",
+             "inert by strength; each peer's vote weighted by its own agreement with its peers): "
+             f"p = {sel.agreement_power:g}, the default; agreement^1: p = 1, unweighted (the first rule); "
+             "agreement, unweighted: p = 2, every peer's vote the same (the default until 2026-12-07).", "",
              "| scores | pruning | N=1 | N=2 | N=3 | N=4 | all |", "|---|---|---|---|---|---|---|"]
     counts = [sum(r["n"] == n for r in runs) for n in (1, 2, 3, 4)]
     for name, pruning in combos:
@@ -211,7 +215,7 @@ def main() -> None:
     lines += ["", f"The CLI's own selection (the same code path, not re-pruned offline): {cli_ok:.0%} exact.", ""]
     if kinds:
         lines += ["Distractors that survived when they were candidates: old = combined scores, global pruning; "
-                  "agreement^1 and new = agreement^p, by phrase (the default):", "",
+                  "agreement^1, unweighted and new = the agreement rules above, by phrase (new: the default):", "",
                   "| kind | " + " | ".join(versus) + " |", "|---|" + "---|" * len(versus)]
         for kind in sorted(set(kinds.values())):
             cells = []

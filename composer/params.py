@@ -80,7 +80,7 @@ class SelectionParams:
     # A semantic-only match (no trigger or name typed) under this retrieval score asks for nothing:
     # on ToyWorld, "light/dark background" reach 0.14-0.33 with background LoRAs.
     min_semantic: float = 0.4
-    # Within a phrase: strength x agreement^this (composer.relevance.phrase_scores; 1 was the first rule).
+    # Within a phrase: strength x (peer-weighted) agreement^this (composer.relevance.phrase_scores; 1 was the first rule).
     agreement_power: float = 2.0
 
     MAX_KEEP = 4
@@ -151,4 +151,11 @@ class GroundingParams:
     # the composition a halo's mask spilled over the background: ToyWorld's tasks with an object and
     # its attribute composed 30/72 with it, 50/72 without (benchmarks/results/toyworld_quality_riders.md).
     riders_in_composition: bool = False
+    # fusion with repaste: the composition runs the objects' (and riders') branches too (True), or
+    # the base model's prediction stands in for them in their regions (False), since their own
+    # images are repasted there: 2 UNet samples a step fewer per object.
+    objects_in_composition: bool = True
+    # fusion with repaste: the regions of the paste after the last step are measured then ("last"),
+    # or are the fuse step's ("fuse"), and the base copies that measure them stop at the fuse step.
+    final_regions: str = "last"
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -313,6 +313,15 @@ def test_phrase_scores_prefer_the_candidate_its_peers_agree_with():
     agree = torch.tensor([[1.0, 0.7, 0.3], [0.7, 1.0, 0.4], [0.3, 0.4, 1.0]])
     assert int(phrase_scores(power, agree, ["kiki"] * 3, agreement_power=1.0).argmax()) == 2
     assert int(phrase_scores(power, agree, ["kiki"] * 3).argmax()) == 0
+    # As measured on ToyWorld (the kiki phrase, seed 0 of "a kiki on the left, stripes background"):
+    # the mislabelled LoRA leans to the weak copy (0.20) more than to the kiki (0.02). Counted as a
+    # full vote it made the weak copy win; weighted by its own agreement with its peers, it does not.
+    power = torch.tensor([0.323, 0.156, 0.120])  # mislabelled, kiki, weak kiki
+    agree = torch.tensor([[1.0, 0.02, 0.20], [0.02, 1.0, 0.75], [0.20, 0.75, 1.0]])
+    scores = phrase_scores(power, agree, ["kiki"] * 3)
+    assert int(scores.argmax()) == 1
+    plain = power * torch.tensor([(0.02 + 0.20) / 2, (0.02 + 0.75) / 2, (0.20 + 0.75) / 2]) ** 2
+    assert int(plain.argmax()) == 2  # the unweighted mean, as before: the weak copy
     from composer.relevance import concept_of
 
     # Two halo phrases: every halo candidate competes once (keyed by the typed trigger), so one halo LoRA serves both.
