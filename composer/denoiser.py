@@ -128,7 +128,8 @@ class MultiLoraDenoiser(torch.nn.Module):
             it must not change the tensors.
         prepare: called before every computed step with ``step``, ``timestep``, ``sample``,
             ``added_cond_kwargs``, ``images`` (the prompt batch) and ``denoiser``: a method's
-            between-call work that needs the latents (a grounded method measures its masks here).
+            between-call work that needs the latents (a grounded method measures its masks here;
+            a ``select`` there holds from this step on).
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,
@@ -221,11 +222,11 @@ class MultiLoraDenoiser(torch.nn.Module):
                 raise ValueError(f"replayed step {self.step} has shape {tuple(out.shape)}, the pipeline's latents {tuple(sample.shape)}")
             self.step += 1
             return (out,) if not return_dict else _Output(out)
-        branches = [self.branches[i] for i in self.active]
-        b = branches[0].cond.shape[0]
-        if self.prepare is not None:
+        b = self.branches[0].cond.shape[0]
+        if self.prepare is not None:  # it may select other branches for this very step
             self.prepare({"step": self.step, "timestep": timestep, "sample": sample, "images": b,
                           "added_cond_kwargs": added_cond_kwargs, "denoiser": self})
+        branches = [self.branches[i] for i in self.active]
         if sample.shape[0] == 2 * b:
             halves = [("uncond", sample[:b]), ("cond", sample[b:])]
         elif sample.shape[0] == b:

@@ -104,10 +104,12 @@ def merged(ctx, indices: list[int]) -> str | tuple[str, ...] | None:
 
 class OwnTrajectories:
     """Latents that denoise beside the pipeline's, each with its own copy of the scheduler, starting
-    from the pipeline's noise: the objects' own images and their base copies."""
+    from the pipeline's noise: the objects' own images and their base copies. ``running``: the
+    trajectories that still advance (a stopped one keeps its last latent and image)."""
 
     def __init__(self, count: int) -> None:
         self.count = count
+        self.running: list[int] = list(range(count))
         self.latents: list[torch.Tensor] = []
         self.x0: list[torch.Tensor | None] = []
 
@@ -121,24 +123,23 @@ class OwnTrajectories:
         self.schedulers = [copy.deepcopy(scheduler) for _ in range(self.count)]
 
     def inputs(self, timestep) -> list[torch.Tensor]:
-        """The UNet inputs of this step (the schedulers' own input scaling)."""
+        """The running trajectories' UNet inputs of this step (the schedulers' own input scaling)."""
         self.timestep = timestep
-        return [s.scale_model_input(z, timestep) for s, z in zip(self.schedulers, self.latents)]
+        return [self.schedulers[k].scale_model_input(self.latents[k], timestep) for k in self.running]
 
     def advance(self, eps_u: torch.Tensor | None, eps_c: torch.Tensor, cfg: float) -> None:
-        """One step of each trajectory with its own guided prediction (``(K, B, C, H, W)`` halves)."""
-        for k in range(self.count):
-            c = eps_c[k]
-            eps = c if eps_u is None else eps_u[k] + cfg * (c - eps_u[k])
+        """One step of each running trajectory with its own guided prediction (``(K, B, C, H, W)``
+        halves, K the running ones, in order)."""
+        for j, k in enumerate(self.running):
+            c = eps_c[j]
+            eps = c if eps_u is None else eps_u[j] + cfg * (c - eps_u[j])
             res = self.schedulers[k].step(eps, self.timestep, self.latents[k])
             self.latents[k] = res.prev_sample
             self.x0[k] = getattr(res, "pred_original_sample", None)
 
-    def drop_last(self) -> None:
-        """Stop the last trajectory (a measurement that is done)."""
-        self.count -= 1
-        for lst in (self.latents, self.x0, self.schedulers):
-            lst.pop()
+    def stop(self, indices) -> None:
+        """Stop these trajectories (measurements that are done)."""
+        self.running = [k for k in self.running if k not in set(indices)]
 
     def images(self) -> list[torch.Tensor]:
         """Each trajectory's predicted clean latent (its latent where the scheduler gives none)."""
@@ -167,6 +168,8 @@ class Fusion(GroundedLoratorio):
         self.late: int | None = None  # the step the objects are pasted again as latents (GroundingParams.late_paste)
         self.style_pair: tuple[int, int] | None = None  # (base copy, style copy) own indices while measured
         self.style_mask: torch.Tensor | None = None  # (B, H, W) where the style acts, from the fuse step
+        self.comp_active = list(range(self.n))  # the composition's branches that run (GroundingParams.objects_in_composition)
+        self.fuse_regions: torch.Tensor | None = None  # the fuse step's pasted regions, pasted again after the last step
         self.style_kept = 1.0  # the share of the objects' regions outside it at the fuse step
         if not self.objects or self.fuse_at <= 0:
             return composition
@@ -185,6 +188,8 @@ class Fusion(GroundedLoratorio):
         # worse on ToyWorld: toyworld_quality_stylejoins.md). An attribute that does not ride along
         # acts on the objects too: no repaste.
         styles = [i for i, r in enumerate(roles) if r == "style"]
+        if g.final_regions not in ("last", "fuse"):
+            raise ValueError(f"final_regions must be 'last' or 'fuse', got {g.final_regions!r}")
         if g.style_where not in ("everywhere", "measured"):
             raise ValueError(f"style_where must be 'everywhere' or 'measured', got {g.style_where!r}")
         measured = bool(styles) and g.style_where == "measured" and not g.style_joins
@@ -217,7 +222,24 @@ class Fusion(GroundedLoratorio):
         late = g.late_paste
         self.late_step = late if (late is not None and self.fuse_at < late <= ctx.job.steps) else None
         self.late = None if self.repaste else self.late_step
+        if self.repaste and not g.objects_in_composition:
+            # The objects' final pixels are their own images, repasted: in the composition the base
+            # model's prediction stands in for the objects' (and their riders') branches, in their
+            # regions, and those branches do not run (2 samples a step each).
+            stand_in = {*self.objects, *self.grounder.elsewhere}
+            self.comp_active = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in stand_in]
         return composition + own
+
+    def _activate(self, denoiser) -> None:
+        """Run the composition's active branches and the running own trajectories."""
+        denoiser.select(self.comp_active + [self.n + k for k in self.own.running])
+
+    def _composition_alone(self, denoiser) -> None:
+        """From the next step on, the composition's branches alone, all of them (it finishes the objects)."""
+        self.own.stop(list(self.own.running))
+        self.comp_active = list(range(self.n))
+        denoiser.branch_samples = None
+        self._activate(denoiser)
 
     @property
     def drawing_alone(self) -> bool:
@@ -234,18 +256,27 @@ class Fusion(GroundedLoratorio):
             # The first steps were replayed (a probe's, composer.auto): the objects' own trajectories
             # cannot start from the noise any more, so the composition goes on alone (grounded LoRAtorio).
             self.fuse_at, self.repaste, self.late = 0, False, None
-            denoiser.select(range(self.n))
+            self._composition_alone(denoiser)
             return
         if step == 0:
             self.own.start(info["sample"][-info["images"]:], self.ctx.composer.pipe.scheduler)
-        if step < self.fuse_at or self.repaste or (self.late is not None and step < self.late):
-            denoiser.branch_samples = [None] * self.n + self.own.inputs(info["timestep"])
+            self._activate(denoiser)
+        if self.own.running and (step < self.fuse_at or self.repaste or (self.late is not None and step < self.late)):
+            denoiser.branch_samples = [None] * len(self.comp_active) + self.own.inputs(info["timestep"])
 
     def combine(self, eps_u, eps_c, step):
-        n = self.n
-        out = super().combine(None if eps_u is None else eps_u[:n], eps_c[:n], step)
-        if eps_c.shape[0] > n and self.own.started:  # advance the own trajectories with their own guidance
-            self.own.advance(None if eps_u is None else eps_u[n:], eps_c[n:], self.ctx.job.cfg)
+        m = len(self.comp_active)
+
+        def full(eps):  # the composition's n branches, the base's prediction where one did not run
+            if eps is None or m == self.n:
+                return eps
+            rows = torch.zeros(self.n, dtype=torch.long)
+            rows[self.comp_active] = torch.arange(m)
+            return eps[:m][rows.to(eps.device)]
+
+        out = super().combine(full(None if eps_u is None else eps_u[:m]), full(eps_c[:m]), step)
+        if eps_c.shape[0] > m and self.own.started:  # advance the own trajectories with their own guidance
+            self.own.advance(None if eps_u is None else eps_u[m:], eps_c[m:], self.ctx.job.cfg)
         return out
 
     def callbacks(self, ctx, denoiser):
@@ -258,22 +289,32 @@ class Fusion(GroundedLoratorio):
             if self.styled and step_index == self.join_at - 1:  # the style joins the own trajectories from the next step
                 for k, branch in self.styled:
                     denoiser.branches[self.n + k] = branch
-            if step_index != self.fuse_at - 1 and not (self.repaste and last) and not late:
+            fusing = step_index == self.fuse_at - 1
+            if not fusing and not (self.repaste and last) and not late:
                 return kwargs
-            regions, unmasked = self.outside_style(self.object_regions(), step_index == self.fuse_at - 1, denoiser)
+            if not fusing and self.fuse_regions is not None:
+                regions = self.fuse_regions
+            else:
+                regions, unmasked = self.outside_style(self.object_regions(), fusing, denoiser)
             own = [self.own.latents[k] for _, k in self.pairs]
             if late:  # pasted again as latents; the composition alone finishes the objects
                 kwargs["latents"] = paste(kwargs["latents"], own, regions)
-                denoiser.branch_samples = None
-                denoiser.select(range(self.n))
+                self._composition_alone(denoiser)
                 return kwargs
-            if step_index != self.fuse_at - 1:  # the second paste, after the last step: in pixels (finish)
+            if not fusing:  # the second paste, after the last step: in pixels (finish)
                 self.final = (regions, own)
                 return kwargs
             kwargs["latents"] = paste(kwargs["latents"], own, regions)
             if not self.repaste and self.late is None:
-                denoiser.branch_samples = None  # from the next step on, the composition's branches alone
-                denoiser.select(range(self.n))
+                self._composition_alone(denoiser)  # from the next step on
+            elif not self.repaste:  # the objects draw alone until the late paste; the composition finishes them
+                self.comp_active = list(range(self.n))
+                self._activate(denoiser)
+            elif self.grounding.final_regions == "fuse":
+                # The last paste takes these regions: the base copies, which only measure them, stop.
+                self.fuse_regions = regions
+                self.own.stop([b for b, _ in self.pairs])
+                self._activate(denoiser)
             current = self.state.masks.clone().float()
             current[self.objects] = unmasked
             g = self.grounding
@@ -319,8 +360,8 @@ class Fusion(GroundedLoratorio):
         ref = self.own.images()
         g = self.grounding
         self.style_mask = gm.region(departure(ref[k], ref[b]), g.sigma, g.lo, g.hi)
-        self.own.drop_last()
-        denoiser.select(range(self.n + self.own.count))
+        self.own.stop([k])
+        self._activate(denoiser)
         self.style_pair = None
 
     def object_regions(self) -> torch.Tensor:

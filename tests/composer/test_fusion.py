@@ -351,3 +351,87 @@ def test_fusion_on_sdxl(sdxl_dir, tmp_path):
     assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * kw["steps"]  # repaste: every step
     assert np.asarray(ours.image).std() > 1 and ours.weights[-1].shape == (3, 16, 16)
     assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
+
+
+def test_the_base_stands_in_for_the_composition_branches_that_do_not_run():
+    """``objects_in_composition=False``: the composition's combine gets the base's prediction where an
+    object's branch did not run, and the own trajectories' rows after the composition's."""
+    from composer.methods.fusion import Fusion, OwnTrajectories
+    from composer.methods.loratorio import loratorio_combine
+    from composer.regional import RegionState
+
+    f = Fusion()
+    f.n, f.comp_active, f.own = 3, [0, 2], OwnTrajectories(0)  # base, an object (stood in for), a background
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[0, :, :, :2] = 1.0
+    masks[1, :, :, 2:] = 1.0
+    f.state = RegionState(("cat", "forest"), masks=masks)
+    torch.manual_seed(0)
+    eps_c, eps_u = torch.randn(2, 1, 4, 4, 4), torch.randn(2, 1, 4, 4, 4)
+    eps_c[1] = eps_c[0] + 0.3 * eps_c[1]  # a LoRA's prediction is near the base's
+    ours = f.combine(eps_u, eps_c, 0)
+    rows = [0, 0, 1]
+    theirs = loratorio_combine(f.params, eps_u[rows], eps_c[rows], prior=masks)
+    assert torch.equal(ours.cond, theirs.cond) and torch.equal(ours.uncond, theirs.uncond)
+    # the object's half: the base's prediction; the background's: the forest branch's
+    assert torch.allclose(ours.cond[..., :2], eps_c[0][..., :2], atol=1e-3)
+    assert torch.allclose(ours.cond[..., 2:], eps_c[1][..., 2:], atol=1e-3)
+    assert not torch.allclose(ours.cond[..., 2:], eps_c[0][..., 2:], atol=1e-1)
+
+
+def test_with_repaste_the_objects_can_leave_the_composition(categorised):
+    """``objects_in_composition=False`` with ``repaste``: the object's (and its rider's) composition
+    branches never run, two samples a step each; the object's region is its own image, as before."""
+    composer, paths = categorised
+    h, w = _latent_hw(composer, 32)
+    masks = torch.zeros(3, 1, h, w)
+    masks[0, :, :, : w // 2] = 1.0  # cat (and its hat) on the left half, forest on the right
+    masks[1] = masks[0]
+    masks[2, :, :, w // 2:] = 1.0
+    prompt = "a cat with a hat on the left, a forest"
+    loras = [paths[n] for n in ("cat", "hat", "forest")]
+    runs = {}
+    for inside in (True, False):
+        g = GroundingParams(fuse_at=2, objects_in_composition=inside)
+        runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32,
+                                        height=32, seed=8, cfg=3.0, grounding=g))
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 2 * 4
+    a, b = (np.asarray(r.image).astype(int) for r in (runs[False], runs[True]))
+    left = slice(0, 12)  # away from the seam
+    assert (a[:, left] != b[:, left]).mean() < 0.01, "inside its region the image is not the object's own"
+    g = GroundingParams(fuse_at=2, objects_in_composition=False, repaste=False)  # the composition finishes them
+    kept = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
+                            grounding=g))
+    inside = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
+                              grounding=GroundingParams(fuse_at=2, repaste=False)))
+    assert kept.report["unet_samples"] == inside.report["unet_samples"]
+
+
+def test_the_last_paste_can_take_the_fuse_steps_regions(categorised):
+    """``final_regions="fuse"``: the base copy stops at the fuse step (two samples a step fewer after
+    it) and the object is pasted again after the last step where it was pasted at the fuse step."""
+    from composer.methods.fusion import Fusion
+
+    composer, paths = categorised
+    seen = {}
+    paste_regions = Fusion.outside_style
+
+    def record(self, regions, fusing, denoiser):
+        out = paste_regions(self, regions, fusing, denoiser)
+        seen.setdefault(self.grounding.final_regions, []).append(out[0].clone())
+        return out
+
+    steps, fuse_at = 5, 2
+    runs = {}
+    for final in ("last", "fuse"):
+        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=fuse_at, final_regions=final)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Fusion, "outside_style", record)
+            runs[final] = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", steps=steps,
+                                           width=32, height=32, seed=4, grounding=g))
+    assert runs["fuse"].report["unet_samples"] == runs["last"].report["unet_samples"] - 2 * (steps - fuse_at)
+    assert len(seen["last"]) == 2 and len(seen["fuse"]) == 1  # measured at the fuse step and the last / once
+    assert torch.equal(seen["fuse"][0], seen["last"][0])
+    with pytest.raises(ValueError, match="final_regions"):
+        composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", steps=3, width=32, height=32,
+                         grounding=GroundingParams(final_regions="first")))
