@@ -156,9 +156,10 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.branch_samples: list[torch.Tensor | None] | None = None
         self.callback = callback
         self.prepare = prepare
-        # The stacked forward stays installed from one UNet call to the next while the per-sample
-        # adapters are the same: entering it walks every module and checks every layer's weights,
-        # 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5). release() ends it.
+        # The stacked forward (or PEFT's mixed batch) stays installed from one UNet call to the next
+        # while the per-sample adapters are the same: entering it walks every module and checks every
+        # layer's weights, 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5).
+        # release() ends it.
         self._held: tuple[tuple[str, ...], contextlib.ExitStack] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -180,7 +181,7 @@ class MultiLoraDenoiser(torch.nn.Module):
     def _hold_stacked(self, adapters: Sequence[str]) -> bool:
         """Install the stacked forward for these per-sample adapters unless it already is; False
         when it cannot serve them (the caller then uses PEFT's mixed batch)."""
-        key = tuple(adapters)
+        key = ("stacked", *adapters)
         if self._held is not None and self._held[0] == key:
             return True
         self.release()
@@ -190,6 +191,18 @@ class MultiLoraDenoiser(torch.nn.Module):
             return True
         stack.close()
         return False
+
+    def _hold_mixed(self, adapters: Sequence[str]) -> None:
+        """Install PEFT's mixed batch for these per-sample adapters unless it already is. Held like
+        the stacked forward: installing walks every module, and the probe's steps before its own (the
+        base alone, ``__base__`` on every sample) cost 1.5 s a prompt that way with 32 LoRAs loaded."""
+        key = ("mixed", *adapters)
+        if self._held is not None and self._held[0] == key:
+            return
+        self.release()
+        stack = contextlib.ExitStack()
+        stack.enter_context(mixed_adapter_batch(self.unet, adapters))
+        self._held = (key, stack)
 
     def _stackable(self, adapters: Sequence) -> bool:
         """The stacked forward serves this per-sample adapter list (and is installed for it)."""
@@ -209,8 +222,8 @@ class MultiLoraDenoiser(torch.nn.Module):
             return self._unet(sample, timestep, ehs, added, kwargs)
         if any(a is None for a in adapters):
             raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")
-        with mixed_adapter_batch(self.unet, adapters):
-            return self._unet(sample, timestep, ehs, added, kwargs)
+        self._hold_mixed(adapters)
+        return self._unet(sample, timestep, ehs, added, kwargs)
 
     def _unet(self, sample, timestep, ehs, added, kwargs):
         return self.unet(sample, timestep, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
