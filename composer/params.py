@@ -52,7 +52,7 @@ class SelectionParams:
     serve, the probe's strength and agreement decide among a phrase's candidates. Measured on
     ToyWorld with 24 distractors beside the 8 skill LoRAs (benchmarks/results/toyworld_selection.md,
     1-4 skills x 4 seeds): the kept LoRAs draw exactly the prompt's skills in 96% of runs (exactly the
-    good LoRAs, no weak copy: 86%; held-out seeds 4-7: 96% and 90%), against 0% for the global ranking (``per_phrase=None``: k with
+    good LoRAs, no weak copy: 94%; held-out seeds 4-7: 96% and 93%), against 0% for the global ranking (``per_phrase=None``: k with
     ``threshold`` on retrieval^w x probe^(1-w), w = ``retrieval_weight``), whose probe prefers
     whole-image LoRAs (they diverge from the base everywhere).
     """
@@ -151,9 +151,9 @@ class GroundingParams:
     # the composition a halo's mask spilled over the background: ToyWorld's tasks with an object and
     # its attribute composed 30/72 with it, 50/72 without (benchmarks/results/toyworld_quality_riders.md).
     riders_in_composition: bool = False
-    # fusion with repaste: the composition runs the objects' (and riders') branches too (True), or
-    # the base model's prediction stands in for them in their regions (False), since their own
-    # images are repasted there: 2 UNet samples a step fewer per object.
+    # fusion with repaste: after the fuse step the composition runs the objects' (and riders')
+    # branches too (True), or the base model's prediction stands in for them in their regions
+    # (False), since their own images are repasted there: 2 UNet samples a step fewer per object.
     objects_in_composition: bool = True
     # fusion with repaste: the regions of the paste after the last step are measured then ("last"),
     # or are the fuse step's ("fuse"), and the base copies that measure them stop at the fuse step.

@@ -106,7 +106,7 @@ def phrase_scores(power: torch.Tensor, agree: torch.Tensor, phrases: list[str | 
     to the weak copy as often as to the full one, which then lost by a hair (ToyWorld: the weak kiki
     kept over the kiki in 33 of 408 runs); weighted by how much a peer is itself in line, its vote
     counts little. Exact selection 86% -> 94% on seeds 0-3, 90% -> 93% on seeds 4-7 (re-pruned
-    from the same probes; benchmarks/results/toyworld_selection_weighted.md).
+    from the same probes; benchmarks/results/toyworld_selection.md).
 
     Why the power: strengths of one phrase's candidates spread over a factor of 4-10 (a background
     LoRA moves the prediction far more than an object LoRA), agreements over 0.3-0.7, so with a
