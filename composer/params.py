@@ -158,4 +158,7 @@ class GroundingParams:
     # fusion with repaste: the regions of the paste after the last step are measured then ("last"),
     # or are the fuse step's ("fuse"), and the base copies that measure them stop at the fuse step.
     final_regions: str = "last"
+    # fusion with repaste: an object with an attribute riding along is pasted after the last step
+    # over its region grown by this many latent pixels (the attribute's band at its edge).
+    rider_band: float = 0.0
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -177,6 +177,7 @@ class Fusion(GroundedLoratorio):
         # attributes merged in (riders; not without ride_along).
         own: list = []
         self.pairs: list[tuple[int, int]] = []  # (base copy, object) indices into the own trajectories
+        self.ridden: list[bool] = []  # per object: an attribute rides along with it
         bases: dict[str, int] = {}
         g, roles = self.grounding, self.grounder.roles
         backgrounds = [i for i, r in enumerate(roles) if r == "background"]
@@ -206,6 +207,7 @@ class Fusion(GroundedLoratorio):
                     self.styled.append((bases[p], ctx.branch(merged(ctx, styles), [ctx.loras[i] for i in styles], p)))
             self.pairs.append((bases[p], len(own)))
             mine = [j, *(riders(ctx, self.grounder, j) if g.ride_along else [])]
+            self.ridden.append(len(mine) > 1)
             if self.repaste and not g.riders_in_composition:
                 self.grounder.elsewhere = sorted({*self.grounder.elsewhere, *mine[1:]})
             own.append(ctx.branch(merged(ctx, mine), [ctx.loras[i] for i in mine], p))
@@ -222,12 +224,9 @@ class Fusion(GroundedLoratorio):
         late = g.late_paste
         self.late_step = late if (late is not None and self.fuse_at < late <= ctx.job.steps) else None
         self.late = None if self.repaste else self.late_step
-        if self.repaste and not g.objects_in_composition:
-            # The objects' final pixels are their own images, repasted: in the composition the base
-            # model's prediction stands in for the objects' (and their riders') branches, in their
-            # regions, and those branches do not run (2 samples a step each).
-            stand_in = {*self.objects, *self.grounder.elsewhere}
-            self.comp_active = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in stand_in]
+        # The composition's branches the base stands in for after the fuse step (objects_in_composition)
+        stand_in = {*self.objects, *self.grounder.elsewhere} if not g.objects_in_composition else set()
+        self.after_fuse = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in stand_in]
         return composition + own
 
     def _activate(self, denoiser) -> None:
@@ -310,10 +309,15 @@ class Fusion(GroundedLoratorio):
             elif not self.repaste:  # the objects draw alone until the late paste; the composition finishes them
                 self.comp_active = list(range(self.n))
                 self._activate(denoiser)
-            elif self.grounding.final_regions == "fuse":
-                # The last paste takes these regions: the base copies, which only measure them, stop.
-                self.fuse_regions = regions
-                self.own.stop([b for b, _ in self.pairs])
+            else:
+                if self.grounding.final_regions == "fuse":
+                    # The last paste takes these regions: the base copies, which only measure them, stop.
+                    self.fuse_regions = regions
+                    self.own.stop([b for b, _ in self.pairs])
+                # The objects' final pixels are their own images, repasted: from here on the base
+                # model's prediction may stand in for their (and their riders') composition branches,
+                # in their regions, on the latent that holds them now (2 samples a step each).
+                self.comp_active = self.after_fuse
                 self._activate(denoiser)
             current = self.state.masks.clone().float()
             current[self.objects] = unmasked
@@ -336,6 +340,15 @@ class Fusion(GroundedLoratorio):
         own_pixels = [decode_latents(ctx.composer.pipe, z[:1]) for z in own]
         masks = torch.nn.functional.interpolate(regions[:, :1].float().cpu(), size=pixels.shape[-2:], mode="bilinear",
                                                 align_corners=False)
+        band = round(self.grounding.rider_band * pixels.shape[-1] / regions.shape[-1])  # latent pixels -> image pixels
+        if band > 0 and any(self.ridden):
+            # An attribute drawn around its object (a halo's band) lies at the region's soft edge,
+            # where the paste blends it with the composition: the region grows by the band there.
+            grown = torch.nn.functional.max_pool2d(masks, 2 * band + 1, stride=1, padding=band)
+            ridden = torch.tensor(self.ridden, dtype=torch.bool).view(-1, 1, 1, 1)
+            masks = torch.where(ridden, grown, masks)
+            total = masks.sum(0, keepdim=True)
+            masks = masks / total.clamp_min(1.0)  # overlapping grown regions split a pixel
         return to_pil(paste(pixels, own_pixels, masks))
 
     def outside_style(self, regions: torch.Tensor, fusing: bool, denoiser) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,11 +396,14 @@ class Fusion(GroundedLoratorio):
         return {**super().options(), "fuse_at": g.fuse_at, "plain_background": g.plain_background,
                 "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
                 "riders_in_composition": g.riders_in_composition, "late_paste": self.late,
-                "style_where": g.style_where,
+                "style_where": g.style_where, "objects_in_composition": g.objects_in_composition,
+                "final_regions": g.final_regions,
                 "style_kept": None if self.style_mask is None else round(self.style_kept, 3)}
 
     def settings(self):
         g = self.grounding
         return super().settings() + [f"Fuse at: {g.fuse_at}", f'Plain background: "{g.plain_background or ""}"',
                                      f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}",
-                                     f"Style joins: {g.style_joins}", f"Style where: {g.style_where}"]
+                                     f"Style joins: {g.style_joins}", f"Style where: {g.style_where}",
+                                     f"Objects in composition: {g.objects_in_composition}",
+                                     f"Final regions: {g.final_regions}"]

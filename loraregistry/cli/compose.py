@@ -107,6 +107,13 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               show_default=True,
               help="fusion with a style LoRA: measured: find where the style changes the image and paste the "
                    "objects only outside it (everywhere: the composition finishes the objects).")
+@click.option("--objects-in-composition/--no-objects-in-composition", default=_GR.objects_in_composition,
+              show_default=True,
+              help="fusion with repaste: after the fuse step the composition runs the objects' LoRAs too (without: "
+                   "the base stands in for them where their own images are repasted; faster, measured worse).")
+@click.option("--final-regions", type=click.Choice(["last", "fuse"]), default=_GR.final_regions, show_default=True,
+              help="fusion with repaste: the last paste's regions are measured after the last step (last) or are "
+                   "the fuse step's (fuse: the base copies stop there; faster).")
 @click.option("--ride-along/--no-ride-along", default=_GR.ride_along, show_default=True,
               help="fusion: an object draws alone with its clothing/attribute LoRAs merged in (without: alone, and "
                    "no repaste with such LoRAs).")
@@ -199,7 +206,9 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"),
                                 style_joins=opts.pop("style_joins"), style_join_at=opts.pop("style_join_at"),
                                 style_where=opts.pop("style_where"),
-                                riders_in_composition=opts.pop("riders_in_composition"))
+                                riders_in_composition=opts.pop("riders_in_composition"),
+                                objects_in_composition=opts.pop("objects_in_composition"),
+                                final_regions=opts.pop("final_regions"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -223,6 +232,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "ride_along": grounding.ride_along, "style_joins": grounding.style_joins,
                         "style_join_at": grounding.style_join_at, "style_where": grounding.style_where,
                         "riders_in_composition": grounding.riders_in_composition,
+                        "objects_in_composition": grounding.objects_in_composition,
+                        "final_regions": grounding.final_regions,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

@@ -380,8 +380,9 @@ def test_the_base_stands_in_for_the_composition_branches_that_do_not_run():
 
 
 def test_with_repaste_the_objects_can_leave_the_composition(categorised):
-    """``objects_in_composition=False`` with ``repaste``: the object's (and its rider's) composition
-    branches never run, two samples a step each; the object's region is its own image, as before."""
+    """``objects_in_composition=False`` with ``repaste``: after the fuse step the object's (and its
+    rider's) composition branches do not run, two samples a step each; the object's region is its own
+    image, as before."""
     composer, paths = categorised
     h, w = _latent_hw(composer, 32)
     masks = torch.zeros(3, 1, h, w)
@@ -395,7 +396,7 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
         g = GroundingParams(fuse_at=2, objects_in_composition=inside)
         runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32,
                                         height=32, seed=8, cfg=3.0, grounding=g))
-    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 2 * 4
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 2 * (4 - 2)
     a, b = (np.asarray(r.image).astype(int) for r in (runs[False], runs[True]))
     left = slice(0, 12)  # away from the seam
     assert (a[:, left] != b[:, left]).mean() < 0.01, "inside its region the image is not the object's own"
@@ -435,3 +436,35 @@ def test_the_last_paste_can_take_the_fuse_steps_regions(categorised):
     with pytest.raises(ValueError, match="final_regions"):
         composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", steps=3, width=32, height=32,
                          grounding=GroundingParams(final_regions="first")))
+
+
+def test_an_object_with_a_rider_is_repasted_over_its_region_grown_by_the_band(categorised):
+    """``rider_band``: an attribute drawn around its object (a halo's band) lies at the region's soft
+    edge; the last paste grows the region of an object with a rider by the band, so that just past
+    the edge the pixels are the object's own image; an object without a rider keeps its region."""
+    composer, paths = categorised
+    h, w = _latent_hw(composer, 32)
+    f = 32 // w  # image pixels per latent pixel
+    masks = torch.zeros(3, 1, h, w)
+    masks[0, :, :, : w // 2] = 1.0  # the cat (and its hat) on the left half, the forest on the right
+    masks[1] = masks[0]
+    masks[2, :, :, w // 2:] = 1.0
+    kw = dict(steps=4, width=32, height=32, seed=12, cfg=3.0)
+    runs = {}
+    for band in (0.0, 1.0):
+        for names in (("cat", "hat", "forest"), ("cat", "forest")):
+            prompt = "a cat with a hat on the left, a forest" if "hat" in names else "a cat on the left, a forest"
+            m = masks if "hat" in names else masks[[0, 2]]
+            runs[band, names] = composer.run(Job(prompt, loras=[paths[n] for n in names], method="fusion", masks=m,
+                                                 grounding=GroundingParams(fuse_at=2, rider_band=band), **kw))
+    own = composer.run(Job("a cat with a hat on the left, light background", loras=[paths["cat"], paths["hat"]],
+                           method="merge", **kw))
+    o = np.asarray(own.image).astype(int)
+    grown, plain = (np.asarray(runs[b, ("cat", "hat", "forest")].image).astype(int) for b in (1.0, 0.0))
+    past = slice(16, 16 + f // 2)  # past the edge of the region (column 16), where its bilinear edge fades
+    assert np.abs(grown[:, past] - o[:, past]).max() <= 2, "past the edge, the grown region is not the own image"
+    assert np.abs(plain[:, past] - o[:, past]).max() > 10, "the test cannot tell the grown region"
+    beyond = slice(16 + 3 * f // 2, 32)  # past the faded edge and the band: the composition, unchanged
+    assert np.array_equal(grown[:, beyond], plain[:, beyond])
+    no_rider = [np.asarray(runs[b, ("cat", "forest")].image) for b in (1.0, 0.0)]
+    assert np.array_equal(*no_rider), "an object without a rider was grown"
