@@ -16,7 +16,8 @@ after the last step, in pixels (each decoded apart): the composition places them
 around them, and the object LoRA finishes its object in the context it knows (a kiki's ring,
 finished by the composition, filled in). An object draws alone on ``plain_background`` in place of the background LoRAs' phrases, a
 background the base model knows, with its attributes merged in (``ride_along``: riders); with the
-repaste, those attributes act only there, not in the composition (``riders_in_composition``).
+repaste, those attributes act only there, not in the composition (``riders_in_composition``), and
+the object's region grows by the attribute's band for the last paste (``rider_band``).
 A style LoRA is measured (``style_where``): a base copy with the style merged in runs until the fuse
 step, and where its image departs from the plain base copy's is where the style acts; the objects
 are pasted only outside it, and where it covers them (an art style restyles everything) they are
@@ -397,7 +398,7 @@ class Fusion(GroundedLoratorio):
                 "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
                 "riders_in_composition": g.riders_in_composition, "late_paste": self.late,
                 "style_where": g.style_where, "objects_in_composition": g.objects_in_composition,
-                "final_regions": g.final_regions,
+                "final_regions": g.final_regions, "rider_band": g.rider_band,
                 "style_kept": None if self.style_mask is None else round(self.style_kept, 3)}
 
     def settings(self):

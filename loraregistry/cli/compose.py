@@ -111,6 +111,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               show_default=True,
               help="fusion with repaste: after the fuse step the composition runs the objects' LoRAs too (without: "
                    "the base stands in for them where their own images are repasted; faster, measured worse).")
+@click.option("--rider-band", type=click.FloatRange(0), default=_GR.rider_band, show_default=True,
+              help="fusion with repaste: an object with a clothing/attribute LoRA riding along is repasted over its "
+                   "region grown by this many latent pixels (the attribute's band at its edge).")
 @click.option("--final-regions", type=click.Choice(["last", "fuse"]), default=_GR.final_regions, show_default=True,
               help="fusion with repaste: the last paste's regions are measured after the last step (last) or are "
                    "the fuse step's (fuse: the base copies stop there; faster).")
@@ -208,7 +211,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 style_where=opts.pop("style_where"),
                                 riders_in_composition=opts.pop("riders_in_composition"),
                                 objects_in_composition=opts.pop("objects_in_composition"),
-                                final_regions=opts.pop("final_regions"))
+                                final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -233,7 +236,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "style_join_at": grounding.style_join_at, "style_where": grounding.style_where,
                         "riders_in_composition": grounding.riders_in_composition,
                         "objects_in_composition": grounding.objects_in_composition,
-                        "final_regions": grounding.final_regions,
+                        "final_regions": grounding.final_regions, "rider_band": grounding.rider_band,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)
