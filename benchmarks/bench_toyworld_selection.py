@@ -99,7 +99,10 @@ def probe_runs(args, sel) -> tuple[list[dict], dict[str, str], float]:
         for i, skills in enumerate(task_skill_sets(n)):
             task = task_for(skills, np.random.default_rng([7, n, i]))
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, probe_start=sel.probe_start)
+                # probe_all: the candidates retrieval rules out by phrase are probed too (the default
+                # skips them; its survivors are the same), for the rules that would keep them.
+                s = ac.select(task.prompt, seed=seed, steps=BUILTIN_STEPS, cfg=BUILTIN_CFG, probe_start=sel.probe_start,
+                              probe_all=True)
                 if s.probe is None:  # one loadable candidate: kept without a probe, whatever the strategy
                     scored = s.survivors
                     strength, agree = [1.0], [[1.0]]

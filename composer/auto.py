@@ -239,10 +239,22 @@ class AutoComposer:
         cands, retrieval = self._candidates(prompt, pool, sel.candidates)
         sel = dataclasses.replace(sel, keep=sel.keep if sel.keep is not None else min(SelectionParams.MAX_KEEP, len(cands)))
         t1 = time.perf_counter()
-        loaded = self._load(cands, strict=pool is not None)
+        # Retrieval alone says which candidates may serve no phrase (composer.relevance.eligible): by
+        # phrase, the probe cannot bring them back, so they are neither loaded nor probed (on ToyWorld's
+        # registry with distractors, a third to a half of the 16 candidates).
+        unprobed: dict[int, str] = {}
+        if sel.per_phrase and not sel.probe_all:
+            unprobed = eligible([c.phrase for c in cands], [c.match for c in cands], [c.retrieval_score for c in cands],
+                                sel.min_semantic)
+            for i, reason in unprobed.items():
+                cands[i].kept, cands[i].reason = False, reason + " (not probed)"
+        probed = [c for i, c in enumerate(cands) if i not in unprobed]
+        loaded = self._load(probed, strict=pool is not None) if probed else []
         t2 = time.perf_counter()
         run = None
-        if len(loaded) == 1:
+        if not loaded:
+            survivors = []
+        elif len(loaded) == 1 and pool is not None:
             loaded[0][0].kept, loaded[0][0].reason = True, "the only loadable candidate: nothing to choose, no probe"
             survivors = [loaded[0][0]]
         else:
@@ -314,7 +326,9 @@ class AutoComposer:
         t0 = time.perf_counter()
         params = params or LoratorioParams()
         chosen = self.select(prompt, pool, params=params, gen=gen, selection=sel)
-        job = Job.with_generation(chosen.prompt, gen, loras=[c.ref() for c in chosen.survivors], method=method,
+        # No LoRA serves the prompt (every phrase left to the base model): the base model draws it.
+        job = Job.with_generation(chosen.prompt, gen, loras=[c.ref() for c in chosen.survivors],
+                                  method=method if chosen.survivors else "base",
                                   params=params, grounding=grounding or GroundingParams(), name=name)
         t1 = time.perf_counter()
         replay = chosen.probe.outputs if (sel.reuse_probe and chosen.probe is not None) else ()

@@ -82,6 +82,9 @@ class SelectionParams:
     min_semantic: float = 0.4
     # Within a phrase: strength x (peer-weighted) agreement^this (composer.relevance.phrase_scores; 1 was the first rule).
     agreement_power: float = 2.0
+    # Probe every candidate, also those retrieval alone rules out by phrase (``eligible``), whom
+    # pruning by phrase drops whatever the probe says: for benchmarks that compare other rules.
+    probe_all: bool = False
 
     MAX_KEEP = 4
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -341,3 +342,31 @@ def test_selection_by_phrase_in_the_report(auto):
     assert "Left to the base model" in sel.parameters()
     old = auto.select("a kiki on the left, checkerboard background, inert", threshold=0.0, seed=0, per_phrase=None, k=2, **FAST)
     assert old.report()["per_phrase"] is None and len(old.survivors) == 2
+
+
+def test_candidates_retrieval_rules_out_are_neither_loaded_nor_probed(auto):
+    """By phrase, a candidate retrieval alone rules out (a semantic neighbour where a trigger was
+    typed, a loose match) is dropped whatever the probe says: it is not probed, and the survivors
+    are those of probing every candidate (``probe_all``)."""
+    prompt = "a kiki on the left, dark background"  # the checkerboard LoRA: a loose match for "dark background"
+    sel = auto.select(prompt, seed=0, **FAST)
+    every = auto.select(prompt, seed=0, probe_all=True, **FAST)
+    unprobed = [c for c in sel.candidates if c.probe is None and "cannot be loaded" not in (c.reason or "")]
+    assert unprobed and all("not probed" in c.reason and not c.kept for c in unprobed)
+    assert all(c.probe is not None for c in every.candidates if "cannot be loaded" not in (c.reason or ""))
+    assert [c.name for c in sel.survivors] == [c.name for c in every.survivors] == ["Kiki LoRA"]
+    assert sel.probe is not None  # one candidate left, probed all the same: is it inert?
+    assert sel.probe.unet_samples < every.probe.unet_samples
+
+
+def test_a_prompt_no_lora_serves_is_drawn_by_the_base_model(auto):
+    """Every candidate a loose match (here: no semantic match counts): nothing is kept, the report
+    names the phrases left to the base, and the image is the base model's."""
+    from composer import Job
+
+    prompt = "a yellow triangle in the center, light background"
+    r = auto.compose(prompt, seed=3, min_semantic=1.01, **FAST)
+    assert r.selection.survivors == [] and r.report["method"] == "base"
+    assert r.report["selection"]["unserved_phrases"] and r.report["loras"] == []
+    base = auto.composer.run(Job(prompt, method="base", seed=3, steps=4, width=32, height=32))
+    assert np.array_equal(np.asarray(r.image), np.asarray(base.image))
