@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import torch
 
@@ -112,10 +112,11 @@ class MultiLoraDenoiser(torch.nn.Module):
         combine: a combine rule (above): how the branches' predictions become one.
         batched: one UNet call for all branches (True) or one call per branch (False, the
             reference for equality tests and the benchmark).
-        uncond_branches: run the unconditional half for only the first n active branches (None:
-            all). The probe (composer.probe) needs only the base model's unconditional prediction
-            (LoRAtorio with lambda = 1), which saves K of its 2(K + 1) samples per step; ``combine``
-            then gets ``eps_u`` with n branches.
+        uncond_branches: run the unconditional half for only the first n active branches (an int),
+            or for only these branches (a set of indices into ``branches``), or for all (None). The
+            probe (composer.probe) needs only the base model's unconditional prediction (LoRAtorio
+            with lambda = 1), which saves K of its 2(K + 1) samples per step; ``combine`` then gets
+            ``eps_u`` with those branches only, in the active order.
         replay: outputs to return for the first ``len(replay)`` steps instead of calling the UNet
             (the probe's steps, re-used by the composition that follows it from the same seed).
         record: keep every step's output in ``outputs`` (what ``replay`` takes).
@@ -133,7 +134,7 @@ class MultiLoraDenoiser(torch.nn.Module):
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,
-                 uncond_branches: int | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
+                 uncond_branches: int | Collection[int] | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
                  stacked: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
                  prepare: Callable[[dict[str, Any]], None] | None = None):
         super().__init__()
@@ -255,9 +256,14 @@ class MultiLoraDenoiser(torch.nn.Module):
         # one run and the stacked low-rank forward (composer.stacked) serves the whole batch.
         halves_by_kind = dict(halves)
         t_by_kind = {kind: t_halves[h] for h, (kind, _) in enumerate(halves)} if time_ids is not None else {}
-        n_u = len(branches) if self.uncond_branches is None else min(self.uncond_branches, len(branches))
+        ub = self.uncond_branches
+        if ub is None or isinstance(ub, int):
+            n_u = len(branches) if ub is None else min(ub, len(branches))
+            has_u = [i < n_u for i in range(len(branches))]
+        else:
+            has_u = [self.active[i] in ub for i in range(len(branches))]
         entries = [(kind, i) for i in range(len(branches)) for kind in ("uncond", "cond")
-                   if kind in halves_by_kind and (kind == "cond" or i < n_u)]
+                   if kind in halves_by_kind and (kind == "cond" or has_u[i])]
         xs, ehs, pooled, tids, adapters = [], [], [], [], []
         own = self.branch_samples
         for kind, i in entries:

@@ -225,8 +225,13 @@ class Fusion(GroundedLoratorio):
         late = g.late_paste
         self.late_step = late if (late is not None and self.fuse_at < late <= ctx.job.steps) else None
         self.late = None if self.repaste else self.late_step
-        # The composition's branches the base stands in for after the fuse step (objects_in_composition)
-        stand_in = {*self.objects, *self.grounder.elsewhere} if not g.objects_in_composition else set()
+        # Riders drawn only in their object's own trajectory have a mask of 0 in the composition
+        # (spatial_prior's floor, 1e-4, is all their weight): the base stands in for their branches
+        # there from the first step (2 UNet samples a step each). After the fuse step the objects'
+        # too, with objects_in_composition off.
+        elsewhere = set(self.grounder.elsewhere)
+        self.comp_active = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in elsewhere]
+        stand_in = elsewhere | (set(self.objects) if not g.objects_in_composition else set())
         self.after_fuse = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in stand_in]
         return composition + own
 
@@ -264,8 +269,18 @@ class Fusion(GroundedLoratorio):
         if self.own.running and (step < self.fuse_at or self.repaste or (self.late is not None and step < self.late)):
             denoiser.branch_samples = [None] * len(self.comp_active) + self.own.inputs(info["timestep"])
 
+    @property
+    def uncond_branches(self) -> set[int] | None:  # type: ignore[override]
+        """With lambda = 1 the composition's guidance is the base's unconditional prediction alone:
+        only the base's and the own trajectories' (each its own guidance) are computed."""
+        if self.params.lam != 1.0 or not self.own.count:
+            return super().uncond_branches
+        return {0, *range(self.n, self.n + self.own.count)}
+
     def combine(self, eps_u, eps_c, step):
         m = len(self.comp_active)
+        own = eps_c.shape[0] - m  # the own trajectories' rows, after the composition's
+        mu = m if eps_u is None else eps_u.shape[0] - own  # the composition's unconditional rows
 
         def full(eps):  # the composition's n branches, the base's prediction where one did not run
             if eps is None or m == self.n:
@@ -274,9 +289,10 @@ class Fusion(GroundedLoratorio):
             rows[self.comp_active] = torch.arange(m)
             return eps[:m][rows.to(eps.device)]
 
-        out = super().combine(full(None if eps_u is None else eps_u[:m]), full(eps_c[:m]), step)
-        if eps_c.shape[0] > m and self.own.started:  # advance the own trajectories with their own guidance
-            self.own.advance(None if eps_u is None else eps_u[m:], eps_c[m:], self.ctx.job.cfg)
+        uncond = None if eps_u is None else (full(eps_u[:m]) if mu == m else eps_u[:mu])  # (the base's alone)
+        out = super().combine(uncond, full(eps_c[:m]), step)
+        if own and self.own.started:  # advance the own trajectories with their own guidance
+            self.own.advance(None if eps_u is None else eps_u[mu:], eps_c[m:], self.ctx.job.cfg)
         return out
 
     def callbacks(self, ctx, denoiser):

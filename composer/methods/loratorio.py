@@ -52,6 +52,12 @@ class Loratorio(Method):
     def branches(self, ctx: MethodContext) -> list[Branch]:
         return [ctx.branch(BASE, None)] + [ctx.branch(a.adapter, [a]) for a in ctx.loras]
 
+    @property
+    def uncond_branches(self) -> int | None:  # type: ignore[override]
+        """With lambda = 1 the guidance is the base's unconditional prediction alone: the LoRAs'
+        are not computed (N samples a step fewer)."""
+        return 1 if self.params.lam == 1.0 else None
+
     def combine(self, eps_u, eps_c, step):
         return loratorio_combine(self.params, eps_u, eps_c)
 

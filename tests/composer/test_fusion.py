@@ -188,7 +188,8 @@ def test_a_style_measured_off_the_objects_never_enters_their_own_trajectories(ca
 def test_riders_can_leave_the_composition_to_their_object(categorised):
     """With ``riders_in_composition=False`` an attribute riding along with its object acts only in
     the object's own trajectory (the repaste carries its work): its weight in the composition is 0 at
-    every step (but spatial_prior's floor), and the background takes the band around the object."""
+    every step (but spatial_prior's floor), the background takes the band around the object, and
+    its composition branch does not run."""
     composer, paths = categorised
     prompt = "a cat with a hat on the left, a forest"
     loras = [paths[n] for n in ("cat", "hat", "forest")]
@@ -201,7 +202,8 @@ def test_riders_can_leave_the_composition_to_their_object(categorised):
     assert max(float(w[hat].max()) for w in runs[True].weights) > 0.01
     assert all(float(w[hat].max()) < 1e-3 for w in runs[False].weights)  # (spatial_prior's floor: 1e-4)
     assert runs[False].report["options"]["riders_in_composition"] is False
-    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"]  # the same branches run
+    # its composition branch, weighted by the floor alone, does not run: the base stands in for it
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 4
 
 
 def test_without_repaste_a_late_paste_brings_the_objects_back_for_the_composition_to_finish(categorised):
@@ -242,7 +244,9 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
         loras = [paths[n] for n in names]
         ours = composer.run(Job(prompt, loras=loras, method="fusion", **kw))
         theirs = composer.run(Job(prompt, loras=loras, method="grounded-loratorio", **kw))
-        assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * alone_steps, names
+        # (with repaste, a rider's composition branch does not run: it acts in its object's trajectory)
+        riders = 2 * steps if repaste and "hat" in names else 0
+        assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * alone_steps - riders, names
         assert ours.report["options"]["fuse_at"] == 2
         if "hat" in names:  # without riders, an attribute stops the repaste
             solo = composer.run(Job(prompt, loras=loras, method="fusion", **{
@@ -380,9 +384,8 @@ def test_the_base_stands_in_for_the_composition_branches_that_do_not_run():
 
 
 def test_with_repaste_the_objects_can_leave_the_composition(categorised):
-    """``objects_in_composition=False`` with ``repaste``: after the fuse step the object's (and its
-    rider's) composition branches do not run, two samples a step each; the object's region is its own
-    image, as before."""
+    """``objects_in_composition=False`` with ``repaste``: after the fuse step the object's composition
+    branch does not run, two samples a step; the object's region is its own image, as before."""
     composer, paths = categorised
     h, w = _latent_hw(composer, 32)
     masks = torch.zeros(3, 1, h, w)
@@ -396,7 +399,8 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
         g = GroundingParams(fuse_at=2, objects_in_composition=inside)
         runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32,
                                         height=32, seed=8, cfg=3.0, grounding=g))
-    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 2 * (4 - 2)
+    # (the hat's composition branch runs in neither: it rides along, only in the cat's trajectory)
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * (4 - 2)
     a, b = (np.asarray(r.image).astype(int) for r in (runs[False], runs[True]))
     left = slice(0, 12)  # away from the seam
     assert (a[:, left] != b[:, left]).mean() < 0.01, "inside its region the image is not the object's own"
@@ -468,3 +472,23 @@ def test_an_object_with_a_rider_is_repasted_over_its_region_grown_by_the_band(ca
     assert np.array_equal(grown[:, beyond], plain[:, beyond])
     no_rider = [np.asarray(runs[b, ("cat", "forest")].image) for b in (1.0, 0.0)]
     assert np.array_equal(*no_rider), "an object without a rider was grown"
+
+
+@pytest.mark.parametrize("method", ["loratorio", "fusion"])
+def test_with_lambda_one_only_the_bases_unconditional_is_computed(categorised, monkeypatch, method):
+    """LoRAtorio's re-centred guidance with lambda = 1 is the base's unconditional prediction alone:
+    the LoRAs' are not computed (fusion: the composition's; its own trajectories keep theirs), and
+    the image is the one computing them all gives."""
+    from composer.methods.fusion import Fusion
+    from composer.methods.loratorio import Loratorio
+    from composer.params import LoratorioParams
+
+    composer, paths = categorised
+    kw = dict(loras=[paths["cat"], paths["forest"]], method=method, steps=4, width=32, height=32, seed=5,
+              params=LoratorioParams(lam=1.0), grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+    lean = composer.run(Job(PROMPT, **kw))
+    monkeypatch.setattr(Loratorio, "uncond_branches", property(lambda self: None))
+    monkeypatch.setattr(Fusion, "uncond_branches", property(lambda self: None))
+    every = composer.run(Job(PROMPT, **kw))
+    assert lean.report["unet_samples"] == every.report["unet_samples"] - 2 * 4  # the 2 LoRAs' unconditionals, 4 steps
+    assert np.abs(np.asarray(lean.image).astype(int) - np.asarray(every.image).astype(int)).max() <= 1
