@@ -115,6 +115,12 @@ class GroundingParams:
     pool: str = "area"  # regional: masks shrink to coarse layers by cell average ("area") or maximum ("max")
     # fusion: the steps each object LoRA draws on a latent of its own before its region is pasted
     fuse_at: int = 12
+    # fusion: LoRAtorio's lambda in the composition (None: the job's, LoratorioParams.lam). With 1
+    # the guidance is the base's unconditional prediction alone and the LoRAs' are not computed:
+    # by-role 287 of 392 ToyWorld tasks against 285 with the job's 0.5 (N = 2 / 3 / 4: 174 / 74 / 39
+    # against 171 / 71 / 43), 10.2 UNet samples per step against 12.9
+    # (benchmarks/results/toyworld_quality_final.md, toyworld_quality_lam1.md).
+    fusion_lam: float | None = 1.0
     # fusion: an object draws alone on this phrase in place of the background LoRAs' phrases (None:
     # on their phrases). Their trigger words mean nothing to the base, and an object LoRA beside an
     # unknown word drew ToyWorld's kiki in 6 of 12 images, on "light background" in 12 of 12

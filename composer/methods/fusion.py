@@ -31,6 +31,7 @@ step's one batched UNet call (``composer.stacked`` serves any layout, and merged
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -174,6 +175,8 @@ class Fusion(GroundedLoratorio):
         self.style_kept = 1.0  # the share of the objects' regions outside it at the fuse step
         if not self.objects or self.fuse_at <= 0:
             return composition
+        if self.grounding.fusion_lam is not None:  # the composition's guidance (GroundingParams.fusion_lam)
+            self.params = dataclasses.replace(self.params, lam=self.grounding.fusion_lam)
         # Each object draws alone beside a base copy on the same prompt (object_prompts), with its
         # attributes merged in (riders; not without ride_along).
         own: list = []

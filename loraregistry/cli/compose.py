@@ -111,6 +111,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               show_default=True,
               help="fusion with repaste: after the fuse step the composition runs the objects' LoRAs too (without: "
                    "the base stands in for them where their own images are repasted; faster, measured worse).")
+@click.option("--fusion-lam", type=click.FloatRange(0, 1), default=_GR.fusion_lam, show_default=True,
+              help="fusion: LoRAtorio's lambda in the composition (1: the base's unconditional prediction alone, "
+                   "the LoRAs' not computed; overrides --lam there).")
 @click.option("--rider-band", type=click.FloatRange(0), default=_GR.rider_band, show_default=True,
               help="fusion with repaste: an object with a clothing/attribute LoRA riding along is repasted over its "
                    "region grown by this many latent pixels (the attribute's band at its edge).")
@@ -211,7 +214,8 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 style_where=opts.pop("style_where"),
                                 riders_in_composition=opts.pop("riders_in_composition"),
                                 objects_in_composition=opts.pop("objects_in_composition"),
-                                final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"))
+                                final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"),
+                                fusion_lam=opts.pop("fusion_lam"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -237,6 +241,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "riders_in_composition": grounding.riders_in_composition,
                         "objects_in_composition": grounding.objects_in_composition,
                         "final_regions": grounding.final_regions, "rider_band": grounding.rider_band,
+                        "fusion_lam": grounding.fusion_lam,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

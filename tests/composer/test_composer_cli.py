@@ -153,14 +153,14 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
                                  "--lora", sd1_loras["kohya"], "--lora", sd1_loras["peft"], "--grounding", "contrast",
                                  "--grounding-steps", "0", "--steps", "2", "--width", "32", "--height", "32",
                                  "--style-where", "everywhere", "--style-join-at", "5",
-                                 "--no-objects-in-composition", "--final-regions", "fuse", "--rider-band", "1.5",
+                                 "--no-objects-in-composition", "--final-regions", "fuse", "--rider-band", "1.5", "--fusion-lam", "0.25",
                                  "--out", str(out), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     options = json.loads(r.output[r.output.index("{"):])["options"]
     assert options["fuse_at"] == 1 and options["plain_background"] == "white background"
     assert options["style_where"] == "everywhere" and options["grounding"]["style_join_at"] == 5
     assert options["objects_in_composition"] is False and options["final_regions"] == "fuse"
-    assert options["rider_band"] == 1.5
+    assert options["rider_band"] == 1.5 and options["grounding"]["fusion_lam"] == 0.25
     params = Image.open(out).text["parameters"]
     assert "Fuse at: 1" in params and 'Plain background: "white background"' in params
     jobs = tmp_path / "jobs.jsonl"

@@ -203,7 +203,8 @@ def test_riders_can_leave_the_composition_to_their_object(categorised):
     assert all(float(w[hat].max()) < 1e-3 for w in runs[False].weights)  # (spatial_prior's floor: 1e-4)
     assert runs[False].report["options"]["riders_in_composition"] is False
     # its composition branch, weighted by the floor alone, does not run: the base stands in for it
-    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 2 * 4
+    # (its conditional half: with fusion_lam = 1 no LoRA's unconditional half runs in the composition)
+    assert runs[False].report["unet_samples"] == runs[True].report["unet_samples"] - 1 * 4
 
 
 def test_without_repaste_a_late_paste_brings_the_objects_back_for_the_composition_to_finish(categorised):
@@ -233,7 +234,7 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
     ``fuse_at`` steps, or every step with ``repaste`` (not with an attribute LoRA, which must act on
     the objects, without ``ride_along``: the composition finishes them then)."""
     composer, paths = categorised
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
+    g = GroundingParams(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
     steps = 4
     kw = dict(steps=steps, width=32, height=32, seed=2, grounding=g)
     for names, prompt, own, alone_steps in [
@@ -250,7 +251,7 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
         assert ours.report["options"]["fuse_at"] == 2
         if "hat" in names:  # without riders, an attribute stops the repaste
             solo = composer.run(Job(prompt, loras=loras, method="fusion", **{
-                **kw, "grounding": GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, ride_along=False)}))
+                **kw, "grounding": GroundingParams(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, ride_along=False)}))
             assert solo.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * 2
         assert "Fuse at: 2" in ours.parameters
         assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
@@ -314,11 +315,12 @@ def test_an_object_draws_alone_on_a_plain_background():
 
 def test_after_replayed_steps_fusion_is_grounded_loratorio(categorised):
     """A probe's replayed first steps (composer.auto --reuse-probe) leave no noise for the objects to
-    start from: the composition goes on as grounded LoRAtorio."""
+    start from: the composition goes on as grounded LoRAtorio (with the job's lambda here,
+    ``fusion_lam=None``; the default keeps fusion's 1)."""
     composer, paths = categorised
     h, w = _latent_hw(composer, 32)
     kw = dict(loras=[paths["cat"], paths["forest"]], steps=3, width=32, height=32, seed=4,
-              grounding=GroundingParams(source="contrast", steps=(1, 2), fuse_at=2))
+              grounding=GroundingParams(fusion_lam=None, source="contrast", steps=(1, 2), fuse_at=2))
     replay = [torch.zeros(2, 4, h, w)]
     ours = composer.run(Job(PROMPT, method="fusion", **kw), replay=replay)
     theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw), replay=replay)
@@ -344,7 +346,7 @@ def test_fusion_on_sdxl(sdxl_dir, tmp_path):
     try:
         registry.ingest(tmp_path)
         composer = Composer.from_pretrained(sdxl_dir, registry=lambda: registry, device="cpu", cache_bytes=None)
-        g = GroundingParams(source="contrast", steps=(0,), fuse_at=2)
+        g = GroundingParams(fusion_lam=None, source="contrast", steps=(0,), fuse_at=2)
         prompt = "a lighthouse on the left and a boat on the right, the sea"
         loras = [str(tmp_path / f"{n}.safetensors") for n in ("lighthouse", "boat", "sea")]
         kw = dict(loras=loras, steps=3, width=32, height=32, seed=4, grounding=g)
@@ -396,7 +398,7 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
     loras = [paths[n] for n in ("cat", "hat", "forest")]
     runs = {}
     for inside in (True, False):
-        g = GroundingParams(fuse_at=2, objects_in_composition=inside)
+        g = GroundingParams(fusion_lam=None, fuse_at=2, objects_in_composition=inside)
         runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32,
                                         height=32, seed=8, cfg=3.0, grounding=g))
     # (the hat's composition branch runs in neither: it rides along, only in the cat's trajectory)
@@ -404,11 +406,11 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
     a, b = (np.asarray(r.image).astype(int) for r in (runs[False], runs[True]))
     left = slice(0, 12)  # away from the seam
     assert (a[:, left] != b[:, left]).mean() < 0.01, "inside its region the image is not the object's own"
-    g = GroundingParams(fuse_at=2, objects_in_composition=False, repaste=False)  # the composition finishes them
+    g = GroundingParams(fusion_lam=None, fuse_at=2, objects_in_composition=False, repaste=False)  # the composition finishes them
     kept = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
                             grounding=g))
     inside = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
-                              grounding=GroundingParams(fuse_at=2, repaste=False)))
+                              grounding=GroundingParams(fusion_lam=None, fuse_at=2, repaste=False)))
     assert kept.report["unet_samples"] == inside.report["unet_samples"]
 
 
@@ -492,3 +494,22 @@ def test_with_lambda_one_only_the_bases_unconditional_is_computed(categorised, m
     every = composer.run(Job(PROMPT, **kw))
     assert lean.report["unet_samples"] == every.report["unet_samples"] - 2 * 4  # the 2 LoRAs' unconditionals, 4 steps
     assert np.abs(np.asarray(lean.image).astype(int) - np.asarray(every.image).astype(int)).max() <= 1
+
+
+def test_fusions_composition_takes_its_own_lambda(categorised):
+    """``fusion_lam`` (default 1) is LoRAtorio's lambda in fusion's composition, whatever the job's;
+    ``loratorio`` keeps the job's (0.5 by default: the paper's method stays as it was)."""
+    from composer.params import LoratorioParams
+
+    composer, paths = categorised
+    kw = dict(loras=[paths["cat"], paths["forest"]], steps=4, width=32, height=32, seed=5,
+              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+    default = composer.run(Job(PROMPT, method="fusion", **kw))
+    one = composer.run(Job(PROMPT, method="fusion", params=LoratorioParams(lam=1.0), **kw))
+    assert default.report["options"]["loratorio"]["lam"] == 1.0
+    assert np.array_equal(np.asarray(default.image), np.asarray(one.image))
+    assert default.report["unet_samples"] == one.report["unet_samples"]
+    half = composer.run(Job(PROMPT, method="fusion", **{**kw, "grounding": GroundingParams(
+        source="contrast", steps=(0, 1), fuse_at=2, fusion_lam=None)}))
+    assert half.report["options"]["loratorio"]["lam"] == 0.5 and half.report["unet_samples"] > one.report["unet_samples"]
+    assert composer.run(Job(PROMPT, method="loratorio", **kw)).report["options"]["loratorio"]["lam"] == 0.5
