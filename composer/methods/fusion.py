@@ -26,7 +26,10 @@ Cost: two more UNet samples (conditional and unconditional) per object, and a pa
 copy of each distinct object prompt (one with one object, one per object with several), for each of
 the first ``fuse_at`` steps, or of every step with ``repaste``; a pair for the style's copy for the
 first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. All of them run in the
-step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders).
+step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders). The
+composition itself takes LoRAtorio's lambda = 1 (``fusion_lam``): its guidance is the base's
+unconditional prediction, so of its LoRA branches only the conditional halves run, and a rider's
+(masked out of the composition) not at all.
 """
 from __future__ import annotations
 
