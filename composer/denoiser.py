@@ -218,8 +218,8 @@ class MultiLoraDenoiser(torch.nn.Module):
             self.release()
             with only_adapters(self.unet, adapters[0]):
                 return self._unet(sample, timestep, ehs, added, kwargs)
-        self.release()
         if not any(a is not None for a in adapters):
+            self.release()
             return self._unet(sample, timestep, ehs, added, kwargs)
         if any(a is None for a in adapters):
             raise ValueError("cannot mix explicit adapters with the active-adapter branch in one call")

@@ -370,3 +370,26 @@ def test_a_prompt_no_lora_serves_is_drawn_by_the_base_model(auto):
     assert r.report["selection"]["unserved_phrases"] and r.report["loras"] == []
     base = auto.composer.run(Job(prompt, method="base", seed=3, steps=4, width=32, height=32))
     assert np.array_equal(np.asarray(r.image), np.asarray(base.image))
+
+
+def test_the_probes_base_steps_install_the_mixed_batch_once(auto, monkeypatch):
+    """The base alone before the probe's steps runs as "__base__" in PEFT's mixed batch; installing
+    it walks every module, so it is held from one UNet call to the next (once, not once a step)."""
+    import contextlib
+
+    import composer.denoiser as den
+
+    entered = []
+    real = den.mixed_adapter_batch
+
+    @contextlib.contextmanager
+    def counting(model, names):
+        entered.append(tuple(names))
+        with real(model, names):
+            yield
+
+    monkeypatch.setattr(den, "mixed_adapter_batch", counting)
+    sel = auto.select("a kiki on the left, checkerboard background", seed=0, probe_start=0.75,
+                      **{**FAST, "steps": 8})
+    assert sel.probe is not None and sel.probe.start == 6
+    assert len([n for n in entered if set(n) == {den.BASE}]) == 1, entered
