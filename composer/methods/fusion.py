@@ -233,7 +233,7 @@ class Fusion(GroundedLoratorio):
         self.late = None if self.repaste else self.late_step
         # Riders drawn only in their object's own trajectory have a mask of 0 in the composition
         # (spatial_prior's floor, 1e-4, is all their weight): the base stands in for their branches
-        # there from the first step (2 UNet samples a step each). After the fuse step the objects'
+        # there from the first step (their UNet samples saved). After the fuse step the objects'
         # too, with objects_in_composition off.
         elsewhere = set(self.grounder.elsewhere)
         self.comp_active = [0] + [i + 1 for i in range(len(ctx.loras)) if i not in elsewhere]
@@ -339,7 +339,7 @@ class Fusion(GroundedLoratorio):
                     self.own.stop([b for b, _ in self.pairs])
                 # The objects' final pixels are their own images, repasted: from here on the base
                 # model's prediction may stand in for their (and their riders') composition branches,
-                # in their regions, on the latent that holds them now (2 samples a step each).
+                # in their regions, on the latent that holds them now (their samples saved).
                 self.comp_active = self.after_fuse
                 self._activate(denoiser)
             current = self.state.masks.clone().float()
