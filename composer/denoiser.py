@@ -196,7 +196,7 @@ class MultiLoraDenoiser(torch.nn.Module):
     def _hold_mixed(self, adapters: Sequence[str]) -> None:
         """Install PEFT's mixed batch for these per-sample adapters unless it already is. Held like
         the stacked forward: installing walks every module, and the probe's steps before its own (the
-        base alone, ``__base__`` on every sample) cost 1.5 s a prompt that way with 32 LoRAs loaded."""
+        base alone, ``__base__`` on every sample) cost 1.5 s a prompt that way in a profile with 32 LoRAs loaded."""
         key = ("mixed", *adapters)
         if self._held is not None and self._held[0] == key:
             return
