@@ -162,7 +162,8 @@ class GroundingParams:
     riders_in_composition: bool = False
     # fusion with repaste: after the fuse step the composition runs the objects' (and riders')
     # branches too (True), or the base model's prediction stands in for them in their regions
-    # (False), since their own images are repasted there: 2 UNet samples a step fewer per object.
+    # (False), since their own images are repasted there: their UNet samples saved (one a step per
+    # object with fusion_lam = 1). Measured worse: benchmarks/results/toyworld_quality_lean.md.
     objects_in_composition: bool = True
     # fusion with repaste: the regions of the paste after the last step are measured then ("last"),
     # or are the fuse step's ("fuse"), and the base copies that measure them stop at the fuse step.
