@@ -162,6 +162,9 @@ class MultiLoraDenoiser(torch.nn.Module):
         # layer's weights, 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5).
         # release() ends it.
         self._held: tuple[tuple[str, ...], contextlib.ExitStack] | None = None
+        # The stacked forward's plans by adapter list, for this generation (the adapters and their
+        # weights do not change within one): composer.stacked.stacked_adapter_batch.
+        self._plans: dict = {}
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -187,7 +190,7 @@ class MultiLoraDenoiser(torch.nn.Module):
             return True
         self.release()
         stack = contextlib.ExitStack()
-        if stack.enter_context(stacked_adapter_batch(self.unet, adapters)):
+        if stack.enter_context(stacked_adapter_batch(self.unet, adapters, self._plans)):
             self._held = (key, stack)
             return True
         stack.close()

@@ -175,4 +175,8 @@ class GroundingParams:
     # latent pixel (2 image pixels), 8/8, and by-role 270 -> 285 of 392 tasks, N = 4 38 -> 43 of 96
     # (benchmarks/results/toyworld_quality_band.md; seeds 0-3 130 -> 138, 4-7 140 -> 147).
     rider_band: float = 0.5
+    # fusion: the own trajectories (objects and their base copies) call the UNet on every this many
+    # steps only, and on the steps between step again on their last prediction: with DDIM exactly
+    # one DDIM step of this stride (OwnTrajectories.repeat). 1: every step.
+    own_stride: int = 1
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

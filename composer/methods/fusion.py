@@ -117,6 +117,7 @@ class OwnTrajectories:
         self.running: list[int] = list(range(count))
         self.latents: list[torch.Tensor] = []
         self.x0: list[torch.Tensor | None] = []
+        self.eps: list[torch.Tensor | None] = []  # each one's last guided prediction (``repeat``)
 
     @property
     def started(self) -> bool:
@@ -125,6 +126,7 @@ class OwnTrajectories:
     def start(self, noise: torch.Tensor, scheduler) -> None:
         self.latents = [noise.clone() for _ in range(self.count)]
         self.x0 = [None] * self.count
+        self.eps = [None] * self.count
         self.schedulers = [copy.deepcopy(scheduler) for _ in range(self.count)]
 
     def inputs(self, timestep) -> list[torch.Tensor]:
@@ -137,10 +139,21 @@ class OwnTrajectories:
         halves, K the running ones, in order)."""
         for j, k in enumerate(self.running):
             c = eps_c[j]
-            eps = c if eps_u is None else eps_u[j] + cfg * (c - eps_u[j])
-            res = self.schedulers[k].step(eps, self.timestep, self.latents[k])
-            self.latents[k] = res.prev_sample
-            self.x0[k] = getattr(res, "pred_original_sample", None)
+            self.eps[k] = c if eps_u is None else eps_u[j] + cfg * (c - eps_u[j])
+            self._step(k)
+
+    def repeat(self, timestep) -> None:
+        """One step of each running trajectory with its last prediction again (no UNet call). For
+        DDIM (deterministic) the two steps taken on one prediction are exactly one DDIM step of
+        twice the stride: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) is the same at both."""
+        self.timestep = timestep
+        for k in self.running:
+            self._step(k)
+
+    def _step(self, k: int) -> None:
+        res = self.schedulers[k].step(self.eps[k], self.timestep, self.latents[k])
+        self.latents[k] = res.prev_sample
+        self.x0[k] = getattr(res, "pred_original_sample", None)
 
     def stop(self, indices) -> None:
         """Stop these trajectories (measurements that are done)."""
@@ -157,6 +170,7 @@ class Fusion(GroundedLoratorio):
     grounding: GroundingParams = field(default_factory=GroundingParams)
     fixed: FixedMasks | None = None
     name = "fusion"
+    repeating = None  # the step's timestep while the own trajectories repeat their last prediction (own_stride)
 
     def branches(self, ctx):
         composition = super().branches(ctx)
@@ -169,6 +183,9 @@ class Fusion(GroundedLoratorio):
         self.fused: torch.Tensor | None = None
         self.final: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last paste's regions and own latents
         self.own = OwnTrajectories(0)
+        if self.grounding.own_stride < 1:
+            raise ValueError(f"own_stride must be >= 1, got {self.grounding.own_stride}")
+        self.repeating = None
         self.repaste = False
         self.late: int | None = None  # the step the objects are pasted again as latents (GroundingParams.late_paste)
         self.style_pair: tuple[int, int] | None = None  # (base copy, style copy) own indices while measured
@@ -272,8 +289,15 @@ class Fusion(GroundedLoratorio):
         if step == 0:
             self.own.start(info["sample"][-info["images"]:], self.ctx.composer.pipe.scheduler)
             self._activate(denoiser)
+        self.repeating = None
         if self.own.running and (step < self.fuse_at or self.repaste or (self.late is not None and step < self.late)):
-            denoiser.branch_samples = [None] * len(self.comp_active) + self.own.inputs(info["timestep"])
+            if step % self.grounding.own_stride:  # no UNet samples: each takes its last prediction again
+                self.repeating = info["timestep"]
+                denoiser.select(self.comp_active)
+                denoiser.branch_samples = None
+            else:
+                self._activate(denoiser)
+                denoiser.branch_samples = [None] * len(self.comp_active) + self.own.inputs(info["timestep"])
 
     @property
     def uncond_branches(self) -> set[int] | None:  # type: ignore[override]
@@ -299,6 +323,8 @@ class Fusion(GroundedLoratorio):
         out = super().combine(uncond, full(eps_c[:m]), step)
         if own and self.own.started:  # advance the own trajectories with their own guidance
             self.own.advance(None if eps_u is None else eps_u[mu:], eps_c[m:], self.ctx.job.cfg)
+        elif self.repeating is not None:
+            self.own.repeat(self.repeating)
         return out
 
     def callbacks(self, ctx, denoiser):

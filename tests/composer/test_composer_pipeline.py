@@ -214,9 +214,9 @@ def test_stacked_forward_held_for_the_run_and_taken_out_after(sd1_composer, sd1_
 
     kept = []  # keeps each context alive, so that only an explicit release (not GC) takes it out
 
-    def counting(model, adapters):
+    def counting(model, adapters, plans=None):
         entered.append(tuple(adapters))
-        kept.append(real(model, adapters))
+        kept.append(real(model, adapters, plans))
         return kept[-1]
 
     monkeypatch.setattr(dn, "stacked_adapter_batch", counting)

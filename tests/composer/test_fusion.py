@@ -513,3 +513,43 @@ def test_fusions_composition_takes_its_own_lambda(categorised):
         source="contrast", steps=(0, 1), fuse_at=2, fusion_lam=None)}))
     assert half.report["options"]["loratorio"]["lam"] == 0.5 and half.report["unet_samples"] > one.report["unet_samples"]
     assert composer.run(Job(PROMPT, method="loratorio", **kw)).report["options"]["loratorio"]["lam"] == 0.5
+
+
+def test_a_repeated_prediction_is_one_ddim_step_of_twice_the_stride():
+    """``own_stride``: on a step between UNet calls an own trajectory steps again on its last
+    prediction; with DDIM that is exactly the DDIM step from the first timestep to the one after next."""
+    from diffusers import DDIMScheduler
+
+    from composer.methods.fusion import OwnTrajectories
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, set_alpha_to_one=True, steps_offset=1, clip_sample=False)
+    sched.set_timesteps(4)
+    t0, _, t2, _ = sched.timesteps
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(1, 4, 3, 3, generator=g), torch.randn(1, 4, 3, 3, generator=g)
+    own = OwnTrajectories(1)
+    own.start(x, sched)
+    own.inputs(t0)
+    own.advance(None, eps[None], cfg=2.0)  # no unconditional half: the prediction is eps itself
+    own.repeat(sched.timesteps[1])
+    a0, a2 = sched.alphas_cumprod[t0], sched.alphas_cumprod[t2]
+    x0 = (x - (1 - a0).sqrt() * eps) / a0.sqrt()
+    assert torch.allclose(own.latents[0], a2.sqrt() * x0 + (1 - a2).sqrt() * eps, atol=1e-5)
+    assert torch.allclose(own.images()[0], x0, atol=1e-5)
+
+
+def test_own_stride_saves_the_own_trajectories_samples_between_calls(categorised):
+    """With ``own_stride = 2`` the objects and their base copies call the UNet on steps 0 and 2 of 4
+    only; the composition's samples are the same; a stride under 1 is refused."""
+    composer, paths = categorised
+    loras = [paths["cat"], paths["forest"]]
+    kw = dict(loras=loras, steps=4, width=32, height=32, seed=2, method="fusion")
+    g = dict(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2)
+    every = composer.run(Job(PROMPT, grounding=GroundingParams(**g), **kw))
+    strided = composer.run(Job(PROMPT, grounding=GroundingParams(own_stride=2, **g), **kw))
+    # one object: its own trajectory and its base copy, two samples each, skipped on steps 1 and 3
+    assert strided.report["unet_samples"] == every.report["unet_samples"] - 2 * 2 * 2
+    assert not np.array_equal(np.asarray(strided.image), np.asarray(every.image))
+    with pytest.raises(ValueError, match="own_stride"):
+        composer.run(Job(PROMPT, grounding=GroundingParams(own_stride=0, **g), **kw))

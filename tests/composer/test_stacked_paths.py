@@ -109,3 +109,24 @@ def test_any_layout_and_merged_runs_equal_peft(order):
             with torch.no_grad():
                 base = _peft_reference(net, [BASE], x[i : i + 1])
             assert (stacked[i] - base[0]).abs().max() > 1e-2, i
+
+
+def test_cached_plans_serve_alternating_layouts_as_fresh_ones():
+    """With a plan cache (fusion's batch alternates between two layouts, ``own_stride``) each layout
+    installed again from the cache gives what a fresh install gives, and leaves no layer patched."""
+    net = _net()
+    layouts = [[BASE, "a", "a", "b", "b"], [BASE, "a", BASE, "b", ("a", "b")]]
+    xs = [torch.randn(len(o), 4, 7, 7) for o in layouts]
+    plans: dict = {}
+    with torch.no_grad():
+        fresh = []
+        for order, x in zip(layouts, xs):
+            with stacked_adapter_batch(net, order) as used:
+                assert used == 2
+                fresh.append(net(x))
+        for _ in range(2):
+            for order, x, want in zip(layouts, xs, fresh):
+                with stacked_adapter_batch(net, order, plans) as used:
+                    assert used == 2 and torch.equal(net(x), want)
+    assert set(plans) == {"__layers__", *(tuple(o) for o in layouts)}
+    assert not any("forward" in m.__dict__ for m in net.modules())
