@@ -177,6 +177,9 @@ class GroundingParams:
     rider_band: float = 0.5
     # fusion: the own trajectories (objects and their base copies) call the UNet on every this many
     # steps only, and on the steps between step again on their last prediction: with DDIM exactly
-    # one DDIM step of this stride (OwnTrajectories.repeat). 1: every step.
-    own_stride: int = 1
+    # one DDIM step of this stride (OwnTrajectories.repeat). 1: every step. By-role on the 392
+    # ToyWorld tasks: 1: 287 (N = 2 / 3 / 4: 174 / 74 / 39), 2.64x Merge's seconds, 10.2 samples a
+    # step; 2: 283 (173 / 72 / 38), 1.89x, 7.7; 3: 282 (173 / 70 / 39), 1.92x, 6.9
+    # (benchmarks/results/toyworld_quality_final.md, toyworld_quality_stride2.md, _stride3.md).
+    own_stride: int = 2
     finest: int = 0  # regional: masks on layers up to this many times coarser than the latent, Merge on coarser ones (0: all)

@@ -25,7 +25,10 @@ not repasted, so that the composition, the style acting there, finishes them.
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
 the first ``fuse_at`` steps, or of every step with ``repaste``; a pair for the style's copy for the
-first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. All of them run in the
+first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. The own trajectories call
+the UNet on every ``own_stride``-th of those steps only, and between step again on their last
+prediction (with DDIM exactly a step of that stride): by-role on ToyWorld with 2, 283 of 392 tasks at
+1.89x Merge's seconds, against 287 at 2.64x every step (benchmarks/results/toyworld_quality_stride2.md). All of them run in the
 step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders). The
 composition itself takes LoRAtorio's lambda = 1 (``fusion_lam``): its guidance is the base's
 unconditional prediction, so of its LoRA branches only the conditional halves run, and a rider's
@@ -446,7 +449,7 @@ class Fusion(GroundedLoratorio):
                 "repaste": self.repaste, "ride_along": g.ride_along, "style_joins": g.style_joins,
                 "riders_in_composition": g.riders_in_composition, "late_paste": self.late,
                 "style_where": g.style_where, "objects_in_composition": g.objects_in_composition,
-                "final_regions": g.final_regions, "rider_band": g.rider_band,
+                "final_regions": g.final_regions, "rider_band": g.rider_band, "own_stride": g.own_stride,
                 "style_kept": None if self.style_mask is None else round(self.style_kept, 3)}
 
     def settings(self):
@@ -455,4 +458,4 @@ class Fusion(GroundedLoratorio):
                                      f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}",
                                      f"Style joins: {g.style_joins}", f"Style where: {g.style_where}",
                                      f"Objects in composition: {g.objects_in_composition}",
-                                     f"Final regions: {g.final_regions}"]
+                                     f"Final regions: {g.final_regions}", f"Own stride: {g.own_stride}"]

@@ -117,6 +117,9 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--rider-band", type=click.FloatRange(0), default=_GR.rider_band, show_default=True,
               help="fusion with repaste: an object with a clothing/attribute LoRA riding along is repasted over its "
                    "region grown by this many latent pixels (the attribute's band at its edge).")
+@click.option("--own-stride", type=click.IntRange(1), default=_GR.own_stride, show_default=True,
+              help="fusion: the objects' own trajectories call the UNet every this many steps and step again on "
+                   "their last prediction between (with DDIM, one step of that stride; 1: every step, slower).")
 @click.option("--final-regions", type=click.Choice(["last", "fuse"]), default=_GR.final_regions, show_default=True,
               help="fusion with repaste: the last paste's regions are measured after the last step (last) or are "
                    "the fuse step's (fuse: the base copies stop there; faster).")
@@ -215,7 +218,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 riders_in_composition=opts.pop("riders_in_composition"),
                                 objects_in_composition=opts.pop("objects_in_composition"),
                                 final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"),
-                                fusion_lam=opts.pop("fusion_lam"))
+                                fusion_lam=opts.pop("fusion_lam"), own_stride=opts.pop("own_stride"))
     selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
@@ -241,7 +244,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "riders_in_composition": grounding.riders_in_composition,
                         "objects_in_composition": grounding.objects_in_composition,
                         "final_regions": grounding.final_regions, "rider_band": grounding.rider_band,
-                        "fusion_lam": grounding.fusion_lam,
+                        "fusion_lam": grounding.fusion_lam, "own_stride": grounding.own_stride,
                         **{f: getattr(gen, f) for f in ("seed", "steps", "cfg", "width", "height", "negative_prompt")}}
             jobs = read_jobs(batch_file, defaults)
             os.makedirs(out, exist_ok=True)

@@ -11,6 +11,8 @@ from composer.methods.fusion import departure, object_prompts, paste, riders
 from composer.params import GroundingParams
 
 PROMPT = "a cat on the left, a forest"
+# Most tests below count and compare per step, as each own trajectory runs on every step (own_stride=1);
+# test_own_stride_* covers the default stride.
 
 
 def test_paste_takes_each_own_latent_inside_its_mask():
@@ -43,7 +45,7 @@ def _latent_hw(composer, size: int) -> tuple[int, int]:
 def test_fusion_without_an_object_is_grounded_loratorio(categorised):
     composer, paths = categorised
     kw = dict(loras=[paths["hat"], paths["forest"]], steps=3, width=32, height=32, seed=3,
-              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+              grounding=GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2))
     ours = composer.run(Job(PROMPT, method="fusion", **kw))
     theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw))
     assert np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
@@ -65,7 +67,7 @@ def test_an_object_that_owns_the_whole_image_at_the_last_step_is_that_lora_alone
     masks[0] = 1.0  # cat everywhere, forest nowhere
     kw = dict(steps=4, width=32, height=32, seed=11, cfg=3.0)
     fused = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", masks=masks,
-                             grounding=GroundingParams(fuse_at=fuse_at, plain_background=plain), **kw))
+                             grounding=GroundingParams(own_stride=1, fuse_at=fuse_at, plain_background=plain), **kw))
     alone = composer.run(Job(own_prompt, loras=[paths["cat"]], method="merge", **kw))
     composed = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="grounded-loratorio",
                                 masks=masks, **kw))
@@ -84,7 +86,7 @@ def test_the_last_paste_is_in_pixels(categorised):
     masks[0, :, :, : w // 2] = 1.0  # cat on the left half, forest on the right
     masks[1, :, :, w // 2:] = 1.0
     kw = dict(steps=4, width=32, height=32, seed=11, cfg=3.0)
-    g = GroundingParams(fuse_at=2, plain_background=None)
+    g = GroundingParams(own_stride=1, fuse_at=2, plain_background=None)
     fused = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", masks=masks,
                              grounding=g, **kw))
     alone = composer.run(Job(PROMPT, loras=[paths["cat"]], method="merge", **kw))
@@ -107,7 +109,7 @@ def test_a_style_joins_the_own_trajectories_at_its_step(categorised, join_at, jo
     composer, paths = categorised
     prompt = "a cat on the left, a forest, ink style"
     kw = dict(steps=4, width=32, height=32, seed=6,
-              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_joins=True,
+              grounding=GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, style_joins=True,
                                         style_join_at=join_at))
 
     def own_predictions(names):
@@ -128,7 +130,7 @@ def test_a_style_joins_the_own_trajectories_at_its_step(categorised, join_at, jo
                 assert torch.allclose(with_style[step][k], without[step][k], atol=1e-5), (step, k)
             else:  # after the paste the own trajectories read the same latents: the same predictions
                 assert differ < 1e-3, (step, k)
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where="everywhere")  # no join, no repaste
+    g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, style_where="everywhere")  # no join, no repaste
     apart = composer.run(Job(prompt, loras=[paths[n] for n in ("cat", "forest", "ink")], method="fusion",
                              **(kw | {"grounding": g})))
     assert not apart.report["options"]["repaste"]
@@ -146,7 +148,7 @@ def test_a_style_measured_to_act_on_the_objects_leaves_them_to_the_composition(c
     kw = dict(steps=4, width=32, height=32, seed=6)
     runs = {}
     for where in ("everywhere", "measured"):
-        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where=where)
+        g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, style_where=where)
         runs[where] = composer.run(Job(prompt, loras=loras, method="fusion", grounding=g, **kw))
     measured, everywhere = runs["measured"].report, runs["everywhere"].report
     assert measured["options"]["style_where"] == "measured" and "Style where: measured" in runs["measured"].parameters
@@ -154,7 +156,7 @@ def test_a_style_measured_to_act_on_the_objects_leaves_them_to_the_composition(c
     assert everywhere["options"]["style_kept"] is None and not everywhere["options"]["repaste"]
     assert measured["unet_samples"] == everywhere["unet_samples"] + 2 * 2
     with pytest.raises(ValueError, match="style_where"):
-        composer.run(Job(prompt, loras=loras, method="fusion", grounding=GroundingParams(style_where="nowhere"), **kw))
+        composer.run(Job(prompt, loras=loras, method="fusion", grounding=GroundingParams(own_stride=1, style_where="nowhere"), **kw))
 
 
 def test_a_style_measured_off_the_objects_never_enters_their_own_trajectories(categorised, monkeypatch):
@@ -172,7 +174,7 @@ def test_a_style_measured_off_the_objects_never_enters_their_own_trajectories(ca
 
     monkeypatch.setattr(Fusion, "measure_style", nowhere)
     prompt = "a cat on the left, a forest, ink style"
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_where="measured")
+    g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, style_where="measured")
     runs, seen = {}, {}
     for names in (("cat", "forest", "ink"), ("cat", "forest")):
         seen[names] = []
@@ -195,7 +197,7 @@ def test_riders_can_leave_the_composition_to_their_object(categorised):
     loras = [paths[n] for n in ("cat", "hat", "forest")]
     runs = {}
     for inside in (True, False):
-        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, riders_in_composition=inside)
+        g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, riders_in_composition=inside)
         runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", steps=4, width=32, height=32, seed=8,
                                         grounding=g))
     hat = 1
@@ -215,14 +217,14 @@ def test_without_repaste_a_late_paste_brings_the_objects_back_for_the_compositio
     loras = [paths[n] for n in ("cat", "forest", "ink")]
     runs = {}
     for late in (None, 3):
-        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, late_paste=late)
+        g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, late_paste=late)
         runs[late] = composer.run(Job(prompt, loras=loras, method="fusion", steps=5, width=32, height=32, seed=9,
                                       grounding=g))
     assert not runs[3].report["options"]["repaste"] and runs[3].report["options"]["late_paste"] == 3
     # the own trajectories (base copy + cat, two samples each) run one step longer: steps 0-2, not 0-1
     assert runs[3].report["unet_samples"] == runs[None].report["unet_samples"] + 2 * 2 * 1
     assert np.abs(np.asarray(runs[3].image).astype(int) - np.asarray(runs[None].image).astype(int)).max() > 2
-    g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, late_paste=9)  # past the last step: none
+    g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2, late_paste=9)  # past the last step: none
     assert composer.run(Job(prompt, loras=loras, method="fusion", steps=5, width=32, height=32, seed=9,
                             grounding=g)).report["options"]["late_paste"] is None
 
@@ -234,7 +236,7 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
     ``fuse_at`` steps, or every step with ``repaste`` (not with an attribute LoRA, which must act on
     the objects, without ``ride_along``: the composition finishes them then)."""
     composer, paths = categorised
-    g = GroundingParams(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
+    g = GroundingParams(own_stride=1, fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, repaste=repaste)
     steps = 4
     kw = dict(steps=steps, width=32, height=32, seed=2, grounding=g)
     for names, prompt, own, alone_steps in [
@@ -251,7 +253,7 @@ def test_each_object_draws_alone_beside_a_base_copy_on_its_prompt(categorised, r
         assert ours.report["options"]["fuse_at"] == 2
         if "hat" in names:  # without riders, an attribute stops the repaste
             solo = composer.run(Job(prompt, loras=loras, method="fusion", **{
-                **kw, "grounding": GroundingParams(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, ride_along=False)}))
+                **kw, "grounding": GroundingParams(own_stride=1, fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2, ride_along=False)}))
             assert solo.report["unet_samples"] == theirs.report["unet_samples"] + 2 * own * 2
         assert "Fuse at: 2" in ours.parameters
         assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
@@ -267,7 +269,7 @@ def test_an_object_draws_alone_with_its_attribute_merged(categorised):
     prompt = "a cat with a hat on the left, a forest"
     kw = dict(steps=4, width=32, height=32, seed=12, cfg=3.0)
     fused = composer.run(Job(prompt, loras=[paths["cat"], paths["hat"], paths["forest"]], method="fusion",
-                             masks=masks, grounding=GroundingParams(fuse_at=2), **kw))
+                             masks=masks, grounding=GroundingParams(own_stride=1, fuse_at=2), **kw))
     own = "a cat with a hat on the left, light background"
     both = composer.run(Job(own, loras=[paths["cat"], paths["hat"]], method="merge", **kw))
     cat = composer.run(Job(own, loras=[paths["cat"]], method="merge", **kw))
@@ -320,7 +322,7 @@ def test_after_replayed_steps_fusion_is_grounded_loratorio(categorised):
     composer, paths = categorised
     h, w = _latent_hw(composer, 32)
     kw = dict(loras=[paths["cat"], paths["forest"]], steps=3, width=32, height=32, seed=4,
-              grounding=GroundingParams(fusion_lam=None, source="contrast", steps=(1, 2), fuse_at=2))
+              grounding=GroundingParams(own_stride=1, fusion_lam=None, source="contrast", steps=(1, 2), fuse_at=2))
     replay = [torch.zeros(2, 4, h, w)]
     ours = composer.run(Job(PROMPT, method="fusion", **kw), replay=replay)
     theirs = composer.run(Job(PROMPT, method="grounded-loratorio", **kw), replay=replay)
@@ -346,7 +348,7 @@ def test_fusion_on_sdxl(sdxl_dir, tmp_path):
     try:
         registry.ingest(tmp_path)
         composer = Composer.from_pretrained(sdxl_dir, registry=lambda: registry, device="cpu", cache_bytes=None)
-        g = GroundingParams(fusion_lam=None, source="contrast", steps=(0,), fuse_at=2)
+        g = GroundingParams(own_stride=1, fusion_lam=None, source="contrast", steps=(0,), fuse_at=2)
         prompt = "a lighthouse on the left and a boat on the right, the sea"
         loras = [str(tmp_path / f"{n}.safetensors") for n in ("lighthouse", "boat", "sea")]
         kw = dict(loras=loras, steps=3, width=32, height=32, seed=4, grounding=g)
@@ -398,7 +400,7 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
     loras = [paths[n] for n in ("cat", "hat", "forest")]
     runs = {}
     for inside in (True, False):
-        g = GroundingParams(fusion_lam=None, fuse_at=2, objects_in_composition=inside)
+        g = GroundingParams(own_stride=1, fusion_lam=None, fuse_at=2, objects_in_composition=inside)
         runs[inside] = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32,
                                         height=32, seed=8, cfg=3.0, grounding=g))
     # (the hat's composition branch runs in neither: it rides along, only in the cat's trajectory)
@@ -406,11 +408,11 @@ def test_with_repaste_the_objects_can_leave_the_composition(categorised):
     a, b = (np.asarray(r.image).astype(int) for r in (runs[False], runs[True]))
     left = slice(0, 12)  # away from the seam
     assert (a[:, left] != b[:, left]).mean() < 0.01, "inside its region the image is not the object's own"
-    g = GroundingParams(fusion_lam=None, fuse_at=2, objects_in_composition=False, repaste=False)  # the composition finishes them
+    g = GroundingParams(own_stride=1, fusion_lam=None, fuse_at=2, objects_in_composition=False, repaste=False)  # the composition finishes them
     kept = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
                             grounding=g))
     inside = composer.run(Job(prompt, loras=loras, method="fusion", masks=masks, steps=4, width=32, height=32, seed=8,
-                              grounding=GroundingParams(fusion_lam=None, fuse_at=2, repaste=False)))
+                              grounding=GroundingParams(own_stride=1, fusion_lam=None, fuse_at=2, repaste=False)))
     assert kept.report["unet_samples"] == inside.report["unet_samples"]
 
 
@@ -431,7 +433,7 @@ def test_the_last_paste_can_take_the_fuse_steps_regions(categorised):
     steps, fuse_at = 5, 2
     runs = {}
     for final in ("last", "fuse"):
-        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=fuse_at, final_regions=final)
+        g = GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=fuse_at, final_regions=final)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(Fusion, "outside_style", record)
             runs[final] = composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", steps=steps,
@@ -441,7 +443,7 @@ def test_the_last_paste_can_take_the_fuse_steps_regions(categorised):
     assert torch.equal(seen["fuse"][0], seen["last"][0])
     with pytest.raises(ValueError, match="final_regions"):
         composer.run(Job(PROMPT, loras=[paths["cat"], paths["forest"]], method="fusion", steps=3, width=32, height=32,
-                         grounding=GroundingParams(final_regions="first")))
+                         grounding=GroundingParams(own_stride=1, final_regions="first")))
 
 
 def test_an_object_with_a_rider_is_repasted_over_its_region_grown_by_the_band(categorised):
@@ -462,7 +464,7 @@ def test_an_object_with_a_rider_is_repasted_over_its_region_grown_by_the_band(ca
             prompt = "a cat with a hat on the left, a forest" if "hat" in names else "a cat on the left, a forest"
             m = masks if "hat" in names else masks[[0, 2]]
             runs[band, names] = composer.run(Job(prompt, loras=[paths[n] for n in names], method="fusion", masks=m,
-                                                 grounding=GroundingParams(fuse_at=2, rider_band=band), **kw))
+                                                 grounding=GroundingParams(own_stride=1, fuse_at=2, rider_band=band), **kw))
     own = composer.run(Job("a cat with a hat on the left, light background", loras=[paths["cat"], paths["hat"]],
                            method="merge", **kw))
     o = np.asarray(own.image).astype(int)
@@ -487,7 +489,7 @@ def test_with_lambda_one_only_the_bases_unconditional_is_computed(categorised, m
 
     composer, paths = categorised
     kw = dict(loras=[paths["cat"], paths["forest"]], method=method, steps=4, width=32, height=32, seed=5,
-              params=LoratorioParams(lam=1.0), grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+              params=LoratorioParams(lam=1.0), grounding=GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2))
     lean = composer.run(Job(PROMPT, **kw))
     monkeypatch.setattr(Loratorio, "uncond_branches", property(lambda self: None))
     monkeypatch.setattr(Fusion, "uncond_branches", property(lambda self: None))
@@ -503,13 +505,13 @@ def test_fusions_composition_takes_its_own_lambda(categorised):
 
     composer, paths = categorised
     kw = dict(loras=[paths["cat"], paths["forest"]], steps=4, width=32, height=32, seed=5,
-              grounding=GroundingParams(source="contrast", steps=(0, 1), fuse_at=2))
+              grounding=GroundingParams(own_stride=1, source="contrast", steps=(0, 1), fuse_at=2))
     default = composer.run(Job(PROMPT, method="fusion", **kw))
     one = composer.run(Job(PROMPT, method="fusion", params=LoratorioParams(lam=1.0), **kw))
     assert default.report["options"]["loratorio"]["lam"] == 1.0
     assert np.array_equal(np.asarray(default.image), np.asarray(one.image))
     assert default.report["unet_samples"] == one.report["unet_samples"]
-    half = composer.run(Job(PROMPT, method="fusion", **{**kw, "grounding": GroundingParams(
+    half = composer.run(Job(PROMPT, method="fusion", **{**kw, "grounding": GroundingParams(own_stride=1,
         source="contrast", steps=(0, 1), fuse_at=2, fusion_lam=None)}))
     assert half.report["options"]["loratorio"]["lam"] == 0.5 and half.report["unet_samples"] > one.report["unet_samples"]
     assert composer.run(Job(PROMPT, method="loratorio", **kw)).report["options"]["loratorio"]["lam"] == 0.5
@@ -546,7 +548,7 @@ def test_own_stride_saves_the_own_trajectories_samples_between_calls(categorised
     loras = [paths["cat"], paths["forest"]]
     kw = dict(loras=loras, steps=4, width=32, height=32, seed=2, method="fusion")
     g = dict(fusion_lam=None, source="contrast", steps=(0, 1), fuse_at=2)
-    every = composer.run(Job(PROMPT, grounding=GroundingParams(**g), **kw))
+    every = composer.run(Job(PROMPT, grounding=GroundingParams(own_stride=1, **g), **kw))
     strided = composer.run(Job(PROMPT, grounding=GroundingParams(own_stride=2, **g), **kw))
     # one object: its own trajectory and its base copy, two samples each, skipped on steps 1 and 3
     assert strided.report["unet_samples"] == every.report["unet_samples"] - 2 * 2 * 2
