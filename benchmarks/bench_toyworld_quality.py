@@ -406,13 +406,13 @@ def parse_grounding(text: str) -> dict:
         key, _, value = item.partition("=")
         if key == "steps":
             out[key] = tuple(int(v) for v in value.split("/"))
-        elif key in ("source", "prompts", "pool", "branch_prompts", "style_where", "final_regions"):
+        elif key in ("source", "prompts", "pool", "branch_prompts", "style_where", "final_regions", "style_mask"):
             out[key] = value
         elif key == "plain_background":  # none: the background phrases as written
             out[key] = None if value.lower() == "none" else value
         elif key in ("repaste", "ride_along", "style_joins", "riders_in_composition", "objects_in_composition"):
             out[key] = value.lower() in ("1", "true", "yes")
-        elif key in ("attribute_radius", "finest", "fuse_at", "late_paste", "style_join_at"):
+        elif key in ("attribute_radius", "finest", "fuse_at", "late_paste", "style_join_at", "own_stride"):
             out[key] = int(value)
         else:
             out[key] = float(value)

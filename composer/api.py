@@ -68,7 +68,7 @@ class Job:
     def from_dict(cls, d: dict[str, Any]) -> "Job":
         """A ``--batch`` JSONL line: name, prompt, loras, method, seed, optional steps/cfg/width/height/p/tau/lam/k
         and grounding/grounding_steps/region_prompts/fuse_at/plain_background/repaste/ride_along/style_joins/
-        style_join_at/style_where/riders_in_composition/late_paste/objects_in_composition/final_regions/rider_band/fusion_lam/own_stride."""
+        style_join_at/style_where/riders_in_composition/late_paste/objects_in_composition/final_regions/rider_band/fusion_lam/own_stride/style_mask."""
         known = {"prompt", "loras", "method", "seed", "steps", "cfg", "width", "height", "negative_prompt", "name", "switch_every"}
         grounding_keys = {"grounding": "source", "grounding_steps": "steps", "region_prompts": "prompts", "fuse_at": "fuse_at",
                           "plain_background": "plain_background", "repaste": "repaste",
@@ -76,7 +76,8 @@ class Job:
                           "style_where": "style_where",
                           "riders_in_composition": "riders_in_composition", "late_paste": "late_paste",
                           "objects_in_composition": "objects_in_composition", "final_regions": "final_regions",
-                          "rider_band": "rider_band", "fusion_lam": "fusion_lam", "own_stride": "own_stride"}
+                          "rider_band": "rider_band", "fusion_lam": "fusion_lam", "own_stride": "own_stride",
+                          "style_mask": "style_mask"}
         param_keys = {"p": "p", "tau": "tau", "lam": "lam", "lambda": "lam", "k": "k"}
         unknown = set(d) - known - set(param_keys) - set(grounding_keys)
         if unknown:

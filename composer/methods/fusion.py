@@ -90,6 +90,23 @@ def object_regions(departures: torch.Tensor, g: GroundingParams, prior: torch.Te
     return regions * share / share.sum(0, keepdim=True).clamp_min(1e-30)
 
 
+def style_yields(masks: torch.Tensor, roles: list[str], acts: torch.Tensor) -> torch.Tensor:
+    """``masks`` (``(N, B, H, W)``, routed) with each style LoRA's mask cut, inside the background
+    LoRAs' regions, to where the style was measured to act (``acts``, ``(B, H, W)``):
+    ``max(acts, 1 - background)``. Outside a background (the objects, or everything when no
+    background LoRA is in the job) the style keeps its mask. Why: a style whose mask is 1 everywhere
+    competes with the background LoRA in every patch of LoRAtorio's SoftMin; ToyWorld's frame, which
+    acts at the border only, cost the checkerboard's and the dots' patterns that way."""
+    backgrounds = [i for i, r in enumerate(roles) if r == "background"]
+    if not backgrounds:
+        return masks
+    out = masks.clone()
+    ground = masks[backgrounds].amax(0)
+    for i in (i for i, r in enumerate(roles) if r == "style"):
+        out[i] = torch.minimum(masks[i], torch.maximum(acts.to(masks.dtype), 1 - ground))
+    return out
+
+
 def riders(ctx, grounder, j: int) -> list[int]:
     """The attribute LoRAs that qualify object ``j``: its own, or one named in its unit ("a kiki with
     halo ... and a bouba with halo ..."). Drawn with the object, so that the repaste keeps them:
@@ -192,7 +209,7 @@ class Fusion(GroundedLoratorio):
         self.repaste = False
         self.late: int | None = None  # the step the objects are pasted again as latents (GroundingParams.late_paste)
         self.style_pair: tuple[int, int] | None = None  # (base copy, style copy) own indices while measured
-        self.style_mask: torch.Tensor | None = None  # (B, H, W) where the style acts, from the fuse step
+        self.style_acts: torch.Tensor | None = None  # (B, H, W) where the style acts, from the fuse step
         self.comp_active = list(range(self.n))  # the composition's branches that run (GroundingParams.objects_in_composition)
         self.fuse_regions: torch.Tensor | None = None  # the fuse step's pasted regions, pasted again after the last step
         self.style_kept = 1.0  # the share of the objects' regions outside it at the fuse step
@@ -218,6 +235,8 @@ class Fusion(GroundedLoratorio):
         styles = [i for i, r in enumerate(roles) if r == "style"]
         if g.final_regions not in ("last", "fuse"):
             raise ValueError(f"final_regions must be 'last' or 'fuse', got {g.final_regions!r}")
+        if g.style_mask not in ("everywhere", "measured"):
+            raise ValueError(f"style_mask must be 'everywhere' or 'measured', got {g.style_mask!r}")
         if g.style_where not in ("everywhere", "measured"):
             raise ValueError(f"style_where must be 'everywhere' or 'measured', got {g.style_where!r}")
         measured = bool(styles) and g.style_where == "measured" and not g.style_joins
@@ -376,6 +395,8 @@ class Fusion(GroundedLoratorio):
             g = self.grounding
             self.fused = gm.route(current, list(self.grounder.roles), list(self.grounder.owners), g.sharpness,
                                   g.attribute_radius, self.grounder.elsewhere)
+            if g.style_mask == "measured" and self.style_acts is not None:
+                self.fused = style_yields(self.fused, list(self.grounder.roles), self.style_acts)
             return kwargs
 
         return [fuse]
@@ -409,9 +430,9 @@ class Fusion(GroundedLoratorio):
         region is measured, and where it covers most of the objects they are not repasted."""
         if self.style_pair is not None and fusing:
             self.measure_style(denoiser)
-        if self.style_mask is None:
+        if self.style_acts is None:
             return regions, regions
-        pasted = regions * (1 - self.style_mask)
+        pasted = regions * (1 - self.style_acts)
         if fusing:
             self.style_kept = float(pasted.sum() / regions.sum().clamp_min(1e-8))
             if self.style_kept < 0.5:  # the style acts on the objects: the composition finishes them
@@ -420,11 +441,11 @@ class Fusion(GroundedLoratorio):
 
     def measure_style(self, denoiser) -> None:
         """At the fuse step: where the style's base copy departs from the plain base copy is where
-        the style acts (``style_mask``); its trajectory stops here."""
+        the style acts (``style_acts``); its trajectory stops here."""
         b, k = self.style_pair
         ref = self.own.images()
         g = self.grounding
-        self.style_mask = gm.region(departure(ref[k], ref[b]), g.sigma, g.lo, g.hi)
+        self.style_acts = gm.region(departure(ref[k], ref[b]), g.sigma, g.lo, g.hi)
         self.own.stop([k])
         self._activate(denoiser)
         self.style_pair = None
@@ -450,7 +471,8 @@ class Fusion(GroundedLoratorio):
                 "riders_in_composition": g.riders_in_composition, "late_paste": self.late,
                 "style_where": g.style_where, "objects_in_composition": g.objects_in_composition,
                 "final_regions": g.final_regions, "rider_band": g.rider_band, "own_stride": g.own_stride,
-                "style_kept": None if self.style_mask is None else round(self.style_kept, 3)}
+                "style_mask": g.style_mask,
+                "style_kept": None if self.style_acts is None else round(self.style_kept, 3)}
 
     def settings(self):
         g = self.grounding
@@ -458,4 +480,5 @@ class Fusion(GroundedLoratorio):
                                      f"Repaste: {self.repaste}", f"Ride along: {g.ride_along}",
                                      f"Style joins: {g.style_joins}", f"Style where: {g.style_where}",
                                      f"Objects in composition: {g.objects_in_composition}",
-                                     f"Final regions: {g.final_regions}", f"Own stride: {g.own_stride}"]
+                                     f"Final regions: {g.final_regions}", f"Own stride: {g.own_stride}",
+                                     f"Style mask: {g.style_mask}"]

@@ -107,6 +107,10 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
               show_default=True,
               help="fusion with a style LoRA: measured: find where the style changes the image and paste the "
                    "objects only outside it (everywhere: the composition finishes the objects).")
+@click.option("--style-mask", type=click.Choice(["everywhere", "measured"]), default=_GR.style_mask,
+              show_default=True,
+              help="fusion with the style measured: after the fuse step the style acts everywhere in the "
+                   "composition, or (measured) inside a background LoRA's region only where it was measured to act.")
 @click.option("--objects-in-composition/--no-objects-in-composition", default=_GR.objects_in_composition,
               show_default=True,
               help="fusion with repaste: after the fuse step the composition runs the objects' LoRAs too (without: "
@@ -214,7 +218,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 fuse_at=opts.pop("fuse_at"), plain_background=opts.pop("plain_background") or None,
                                 repaste=opts.pop("repaste"), ride_along=opts.pop("ride_along"),
                                 style_joins=opts.pop("style_joins"), style_join_at=opts.pop("style_join_at"),
-                                style_where=opts.pop("style_where"),
+                                style_where=opts.pop("style_where"), style_mask=opts.pop("style_mask"),
                                 riders_in_composition=opts.pop("riders_in_composition"),
                                 objects_in_composition=opts.pop("objects_in_composition"),
                                 final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"),
@@ -241,6 +245,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                         "plain_background": grounding.plain_background, "repaste": grounding.repaste,
                         "ride_along": grounding.ride_along, "style_joins": grounding.style_joins,
                         "style_join_at": grounding.style_join_at, "style_where": grounding.style_where,
+                        "style_mask": grounding.style_mask,
                         "riders_in_composition": grounding.riders_in_composition,
                         "objects_in_composition": grounding.objects_in_composition,
                         "final_regions": grounding.final_regions, "rider_band": grounding.rider_band,

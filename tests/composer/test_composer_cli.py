@@ -154,7 +154,7 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
                                  "--grounding-steps", "0", "--steps", "2", "--width", "32", "--height", "32",
                                  "--style-where", "everywhere", "--style-join-at", "5",
                                  "--no-objects-in-composition", "--final-regions", "fuse", "--rider-band", "1.5", "--fusion-lam", "0.25",
-                                 "--own-stride", "3",
+                                 "--own-stride", "3", "--style-mask", "everywhere",
                                  "--out", str(out), "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     options = json.loads(r.output[r.output.index("{"):])["options"]
@@ -162,13 +162,13 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
     assert options["style_where"] == "everywhere" and options["grounding"]["style_join_at"] == 5
     assert options["objects_in_composition"] is False and options["final_regions"] == "fuse"
     assert options["rider_band"] == 1.5 and options["grounding"]["fusion_lam"] == 0.25
-    assert options["own_stride"] == 3
+    assert options["own_stride"] == 3 and options["style_mask"] == "everywhere"
     params = Image.open(out).text["parameters"]
     assert "Own stride: 3" in params and "Fuse at: 1" in params and 'Plain background: "white background"' in params
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"name": "f", "prompt": "a fox, a hill", "method": "fusion", "fuse_at": 3,
                                 "plain_background": None, "style_where": "everywhere", "loras": [sd1_loras["kohya"]],
-                                "final_regions": "fuse", "own_stride": 1,
+                                "final_regions": "fuse", "own_stride": 1, "style_mask": "everywhere",
                                 "steps": 2}) + "\n")
     r = CliRunner().invoke(cli, ["compose", "--model", sd1_dir, "--batch", str(jobs), "--out", str(tmp_path / "b"),
                                  "--width", "32", "--height", "32", "--device", "cpu", "--json", "--no-repaste",
@@ -179,4 +179,4 @@ def test_fusion_options_reach_fusion_from_the_cli_and_a_batch(sd1_dir, sd1_loras
     assert options["grounding"]["repaste"] is False  # the batch's defaults, from the command line
     assert options["ride_along"] is False
     assert options["style_where"] == "everywhere" and options["final_regions"] == "fuse"  # the job's own fields
-    assert options["own_stride"] == 1
+    assert options["own_stride"] == 1 and options["style_mask"] == "everywhere"

@@ -170,7 +170,7 @@ def test_a_style_measured_off_the_objects_never_enters_their_own_trajectories(ca
 
     def nowhere(self, denoiser):
         measure(self, denoiser)
-        self.style_mask = torch.zeros_like(self.style_mask)
+        self.style_acts = torch.zeros_like(self.style_acts)
 
     monkeypatch.setattr(Fusion, "measure_style", nowhere)
     prompt = "a cat on the left, a forest, ink style"
@@ -555,3 +555,50 @@ def test_own_stride_saves_the_own_trajectories_samples_between_calls(categorised
     assert not np.array_equal(np.asarray(strided.image), np.asarray(every.image))
     with pytest.raises(ValueError, match="own_stride"):
         composer.run(Job(PROMPT, grounding=GroundingParams(own_stride=0, **g), **kw))
+
+
+def test_a_style_yields_to_the_background_where_it_was_not_measured_to_act():
+    """Columns: 0 an object's (no background there), 1-2 the background's, 3 the border, where the
+    style was measured to act. Inside the background the style keeps only the border; on the object
+    it keeps its mask; without a background LoRA nothing changes."""
+    from composer.methods.fusion import style_yields
+
+    roles = ["object", "background", "style"]
+    masks = torch.zeros(3, 1, 1, 4)
+    masks[0, ..., 0] = 1.0
+    masks[1, ..., 1:] = 1.0
+    masks[2] = 1.0
+    acts = torch.tensor([[[0.0, 0.0, 0.25, 1.0]]])
+    out = style_yields(masks, roles, acts)
+    assert out[2].flatten().tolist() == [1.0, 0.0, 0.25, 1.0]
+    assert torch.equal(out[:2], masks[:2])
+    assert torch.equal(style_yields(masks[[0, 2]], ["object", "style"], acts), masks[[0, 2]])
+
+
+def test_the_style_mask_measured_reaches_the_composition_after_the_fuse_step(categorised, monkeypatch):
+    """``style_mask="measured"`` (the default): at the fuse step the style's composition mask is cut
+    to where it was measured to act inside the background (here nowhere, by hand), which changes
+    the image; "everywhere" leaves it whole."""
+    import composer.methods.fusion as fusion
+
+    composer, paths = categorised
+    measure, real = fusion.Fusion.measure_style, fusion.style_yields
+
+    def nowhere(self, denoiser):
+        measure(self, denoiser)
+        self.style_acts = torch.zeros_like(self.style_acts)
+
+    calls = []
+    monkeypatch.setattr(fusion.Fusion, "measure_style", nowhere)
+    monkeypatch.setattr(fusion, "style_yields", lambda *a: calls.append(real(*a)) or calls[-1])
+    prompt = "a cat on the left, a forest, ink style"
+    loras = [paths[n] for n in ("cat", "forest", "ink")]
+    images = {}
+    for mode in ("everywhere", "measured"):
+        g = GroundingParams(source="contrast", steps=(0, 1), fuse_at=2, style_mask=mode)
+        images[mode] = np.asarray(composer.run(Job(prompt, loras=loras, method="fusion", grounding=g, steps=4,
+                                                   width=32, height=32, seed=6)).image)
+        assert len(calls) == (mode == "measured")
+    fused = calls[0]  # (object, background, style) routed masks
+    assert torch.equal(fused[2], 1 - fused[1])  # the style keeps only what the background does not hold
+    assert not np.array_equal(images["everywhere"], images["measured"])
