@@ -25,14 +25,16 @@ not repasted, so that the composition, the style acting there, finishes them.
 Cost: two more UNet samples (conditional and unconditional) per object, and a pair for the base
 copy of each distinct object prompt (one with one object, one per object with several), for each of
 the first ``fuse_at`` steps, or of every step with ``repaste``; a pair for the style's copy for the
-first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. The own trajectories call
-the UNet on every ``own_stride``-th of those steps only, and between step again on their last
-prediction (with DDIM exactly a step of that stride): by-role on ToyWorld with 2, 283 of 392 tasks at
-1.89x Merge's seconds, against 287 at 2.64x every step (benchmarks/results/toyworld_quality_stride2.md). All of them run in the
-step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders). The
-composition itself takes LoRAtorio's lambda = 1 (``fusion_lam``): its guidance is the base's
-unconditional prediction, so of its LoRA branches only the conditional halves run, and a rider's
-(masked out of the composition) not at all.
+first ``fuse_at`` steps; with ``repaste``, one more VAE decode per object. All of them run in the
+step's one batched UNet call (``composer.stacked`` serves any layout, and merged riders). The own
+trajectories call the UNet on every ``own_stride``-th of those steps only, and between step again
+on their last prediction (with DDIM exactly a step of that stride): by-role on ToyWorld with 2, 283
+of 392 tasks at 1.89x Merge's seconds, against 287 at 2.64x on every step
+(benchmarks/results/toyworld_quality_stride2.md). The composition itself takes LoRAtorio's lambda =
+1 (``fusion_lam``): its guidance is the base's unconditional prediction, so of its LoRA branches
+only the conditional halves run, and a rider's (masked out of the composition) not at all. With
+the style measured, after the fuse step the style yields to the background LoRA where it was not
+measured to act (``style_mask``, :func:`style_yields`).
 """
 from __future__ import annotations
 
