@@ -131,12 +131,16 @@ class MultiLoraDenoiser(torch.nn.Module):
             ``added_cond_kwargs``, ``images`` (the prompt batch) and ``denoiser``: a method's
             between-call work that needs the latents (a grounded method measures its masks here;
             a ``select`` there holds from this step on).
+        repeat: a step for which it returns True gets the last computed step's output again,
+            without a UNet call (nor ``prepare``, ``combine`` or ``callback``): the probe's
+            base-only steps take every second one so (``SelectionParams.probe_base_stride``).
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,
                  uncond_branches: int | Collection[int] | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
                  stacked: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
-                 prepare: Callable[[dict[str, Any]], None] | None = None):
+                 prepare: Callable[[dict[str, Any]], None] | None = None,
+                 repeat: Callable[[int], bool] | None = None):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
@@ -157,6 +161,8 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.branch_samples: list[torch.Tensor | None] | None = None
         self.callback = callback
         self.prepare = prepare
+        self.repeat = repeat
+        self._last: torch.Tensor | None = None
         # The stacked forward (or PEFT's mixed batch) stays installed from one UNet call to the next
         # while the per-sample adapters are the same: entering it walks every module and checks every
         # layer's weights, 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5).
@@ -238,6 +244,14 @@ class MultiLoraDenoiser(torch.nn.Module):
             if out.shape != sample.shape:
                 raise ValueError(f"replayed step {self.step} has shape {tuple(out.shape)}, the pipeline's latents {tuple(sample.shape)}")
             self.step += 1
+            return (out,) if not return_dict else _Output(out)
+        if self.repeat is not None and self._last is not None and self.repeat(self.step):
+            # The last step's output again, no UNet call: the scheduler steps on the same guided
+            # prediction, which for DDIM is exactly one DDIM step of twice the stride.
+            out = self._last
+            self.step += 1
+            if self.record:
+                self.outputs.append(out)
             return (out,) if not return_dict else _Output(out)
         b = self.branches[0].cond.shape[0]
         if self.prepare is not None:  # it may select other branches for this very step
@@ -325,6 +339,8 @@ class MultiLoraDenoiser(torch.nn.Module):
                            "uncond": u, "cond": c, "weights": w, **combined.extras})
         self.step += 1
         out = c if u is None else torch.cat([u, c])
+        if self.repeat is not None:
+            self._last = out.detach()
         if self.record:
             self.outputs.append(out.detach().clone())
         return (out,) if not return_dict else _Output(out)

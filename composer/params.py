@@ -67,6 +67,10 @@ class SelectionParams:
     # 25 the probe starts at: 6: 35 / 27%, 12: 66 / 67%, 14: 73 / 79%, 16: 77 / 87%, 18: 79 / 90%,
     # 20: 86 / 90%, 22: 80 / 75% (chosen on seeds 0-3; benchmarks/results/toyworld_selection_probe_start.md).
     probe_start: float = 0.8
+    # The base-only steps before the probe call the UNet on every this many steps and step again on
+    # the last prediction between (with DDIM exactly a DDIM step of this stride): 2 saves S of the
+    # probe's samples.
+    probe_base_stride: int = 2
     threshold: float = 0.5  # relative to the best combined score
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k
