@@ -98,12 +98,11 @@ def test_compose_from_registry_report_and_png(auto, tmp_path):
     assert {d["name"] for d in sel["dropped"]} == {c["name"] for c in sel["candidates"]} - set(sel["survivors"])
     assert "Inert LoRA" not in sel["survivors"]
     assert [x["name"] for x in rep["loras"]] == sel["survivors"]
-    # the base alone for S = min(round(0.8 x 4), 4 - 2) = 2 steps, the UNet called on the first only
-    # (probe_base_stride 2: step 1 repeats step 0's prediction), then 2 probe steps with every candidate
-    assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 2 and sel["probe"]["unet_calls"] == 3
-    assert sel["probe"]["unet_samples"] == 1 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
+    # the base alone for S = min(round(0.8 x 4), 4 - 2) = 2 steps, then 2 probe steps with every candidate
+    assert sel["probe"]["steps"] == 2 and sel["probe"]["start"] == 2 and sel["probe"]["unet_calls"] == 4
+    assert sel["probe"]["unet_samples"] == 2 * 2 + 2 * (4 + 2)  # K + 1 conditional, 1 base unconditional
     assert rep["unet_samples"] == 4 * 2 * 3  # compose: 4 steps x 2 halves x (base + 2)
-    assert rep["unet_samples_total"] == 14 + 24
+    assert rep["unet_samples_total"] == 16 + 24
     assert set(sel["seconds"]) >= {"retrieve", "load", "probe", "compose", "total"}
     assert set(sel["mean_patch_weights"]) == set(sel["survivors"])
     path = tmp_path / "auto.png"

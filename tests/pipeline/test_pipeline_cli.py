@@ -57,8 +57,8 @@ def test_compose_auto_errors_are_clean(sd1_dir, dump, tmp_path):
 
 
 def test_probe_base_stride_flag(sd1_dir, registry, dump, tmp_path):
-    """Of the probe's two base steps (S = 2 of 3) the default calls the UNet on the first only;
-    ``--probe-base-stride 1`` on both."""
+    """Of the probe's two base steps (S = 2 of 3) ``--probe-base-stride 2`` calls the UNet on the
+    first only; 1 (the default) on both."""
     calls = {}
     for stride in ("1", "2"):
         r = CliRunner().invoke(cli, ["--db", registry.url, "compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"],
