@@ -167,7 +167,9 @@ class OwnTrajectories:
     def repeat(self, timestep) -> None:
         """One step of each running trajectory with its last prediction again (no UNet call). For
         DDIM (deterministic) the two steps taken on one prediction are exactly one DDIM step of
-        twice the stride: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) is the same at both."""
+        twice the stride: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) is the same at both; for Euler
+        (epsilon prediction) one Euler step of twice the stride, x + eps (sigma'' - sigma). Multistep
+        solvers (PNDM, DPM-Solver) take the repeated prediction into their history: an approximation."""
         self.timestep = timestep
         for k in self.running:
             self._step(k)

@@ -2,6 +2,8 @@
 pasted into the composition (composer.methods.fusion)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -354,9 +356,13 @@ def test_fusion_on_sdxl(sdxl_dir, tmp_path):
         kw = dict(loras=loras, steps=3, width=32, height=32, seed=4, grounding=g)
         ours = composer.run(Job(prompt, method="fusion", **kw))
         theirs = composer.run(Job(prompt, method="grounded-loratorio", **kw))
+        # the default stride on an Euler scheduler: the own trajectories on steps 0 and 2 of 3
+        strided = composer.run(Job(prompt, method="fusion", **{**kw, "grounding": dataclasses.replace(g, own_stride=2)}))
     finally:
         registry.close()
     assert ours.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * kw["steps"]  # repaste: every step
+    assert strided.report["unet_samples"] == theirs.report["unet_samples"] + 2 * 4 * 2
+    assert np.asarray(strided.image).std() > 1
     assert np.asarray(ours.image).std() > 1 and ours.weights[-1].shape == (3, 16, 16)
     assert not np.array_equal(np.asarray(ours.image), np.asarray(theirs.image))
 
