@@ -133,7 +133,7 @@ class MultiLoraDenoiser(torch.nn.Module):
             a ``select`` there holds from this step on).
         repeat: a step for which it returns True gets the last computed step's output again,
             without a UNet call (nor ``prepare``, ``combine`` or ``callback``): the probe's
-            base-only steps take every second one so (``SelectionParams.probe_base_stride``).
+            base-only steps with ``SelectionParams.probe_base_stride`` above 1.
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,

@@ -16,8 +16,9 @@ step 20 of 25 (toyworld_selection_probe_start.md), the default (SelectionParams.
 measurement independent of the other candidates (whole-image candidates steered the LoRAtorio path
 the probe used to follow).
 
-Savings over a full step: the S base steps cost 2 UNet samples each, on every ``base_stride``-th
-step only (the scheduler steps again on the last prediction between); a probe step uses the base's
+Savings over a full step: the S base steps cost 2 UNet samples each (with ``base_stride`` above 1
+only every ``base_stride``-th one: the scheduler steps again on the last prediction between, which
+kept a few more weak copies on ToyWorld, so the default is 1); a probe step uses the base's
 unconditional prediction alone (the score only reads conditional ones), K + 2 samples instead of
 2(K + 1); after step S + P the pipeline is interrupted (``pipe._interrupt``, diffusers' own early
 stop) and returns latents, so nothing further is denoised or decoded.
