@@ -216,7 +216,7 @@ class AutoComposer:
                top_k: int | None, params: LoratorioParams) -> ProbeRun:
         run = run_probe(self.composer, prompt, [a for _, a in loaded], gen, probe_steps=sel.probe_steps,
                         start=sel.probe_start_step(gen.steps), p=params.p,
-                        tau=params.tau, top_k=top_k, base_stride=sel.probe_base_stride)
+                        tau=params.tau, top_k=top_k)
         cands = [c for c, _ in loaded]
         retrieval = None
         if all(c.retrieval_score is not None for c in cands):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 
 import torch
 
-from composer.stacked import BASE, stacked_adapter_batch
+from composer.stacked import BASE, lora_layers, stacked_adapter_batch
 
 __all__ = ["BASE", "Branch", "Combined", "MultiLoraDenoiser", "installed", "mixed_adapter_batch"]
 
@@ -48,18 +48,13 @@ class Branch:
 @contextlib.contextmanager
 def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) -> Iterator[None]:
     """Within the block, every PEFT LoRA layer of ``model`` gets ``adapter_names`` (one per sample)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     names = list(adapter_names)
 
     def pre_hook(_module, args, kwargs):
         kwargs["adapter_names"] = names
         return args, kwargs
 
-    handles = [
-        m.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        for m in model.modules() if isinstance(m, BaseTunerLayer)
-    ]
+    handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in lora_layers(model)]
     try:
         yield
     finally:
@@ -71,9 +66,7 @@ def mixed_adapter_batch(model: torch.nn.Module, adapter_names: Sequence[str]) ->
 def only_adapters(model: torch.nn.Module, names: Sequence[str]) -> Iterator[None]:
     """Within the block, exactly these PEFT adapters are active in ``model``, merged at the scales
     the job set (``set_adapters``); PEFT's mixed batch runs one adapter per sample, not several."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    layers = lora_layers(model)
     before = [list(m.active_adapters) for m in layers]
     try:
         for m in layers:
@@ -131,16 +124,12 @@ class MultiLoraDenoiser(torch.nn.Module):
             ``added_cond_kwargs``, ``images`` (the prompt batch) and ``denoiser``: a method's
             between-call work that needs the latents (a grounded method measures its masks here;
             a ``select`` there holds from this step on).
-        repeat: a step for which it returns True gets the last computed step's output again,
-            without a UNet call (nor ``prepare``, ``combine`` or ``callback``): the probe's
-            base-only steps with ``SelectionParams.probe_base_stride`` above 1.
     """
 
     def __init__(self, unet: torch.nn.Module, branches: Sequence[Branch], combine: CombineRule, batched: bool = True,
                  uncond_branches: int | Collection[int] | None = None, replay: Sequence[torch.Tensor] = (), record: bool = False,
                  stacked: bool = True, callback: Callable[[dict[str, Any]], None] | None = None,
-                 prepare: Callable[[dict[str, Any]], None] | None = None,
-                 repeat: Callable[[int], bool] | None = None):
+                 prepare: Callable[[dict[str, Any]], None] | None = None):
         super().__init__()
         self.unet = unet
         self.branches = list(branches)
@@ -161,8 +150,6 @@ class MultiLoraDenoiser(torch.nn.Module):
         self.branch_samples: list[torch.Tensor | None] | None = None
         self.callback = callback
         self.prepare = prepare
-        self.repeat = repeat
-        self._last: torch.Tensor | None = None
         # The stacked forward (or PEFT's mixed batch) stays installed from one UNet call to the next
         # while the per-sample adapters are the same: entering it walks every module and checks every
         # layer's weights, 12-15% of a step on the tiny UNet (benchmarks/results/compose.md, run 5).
@@ -244,14 +231,6 @@ class MultiLoraDenoiser(torch.nn.Module):
             if out.shape != sample.shape:
                 raise ValueError(f"replayed step {self.step} has shape {tuple(out.shape)}, the pipeline's latents {tuple(sample.shape)}")
             self.step += 1
-            return (out,) if not return_dict else _Output(out)
-        if self.repeat is not None and self._last is not None and self.repeat(self.step):
-            # The last step's output again, no UNet call: the scheduler steps on the same guided
-            # prediction, which for DDIM is exactly one DDIM step of twice the stride.
-            out = self._last
-            self.step += 1
-            if self.record:
-                self.outputs.append(out)
             return (out,) if not return_dict else _Output(out)
         b = self.branches[0].cond.shape[0]
         if self.prepare is not None:  # it may select other branches for this very step
@@ -339,8 +318,6 @@ class MultiLoraDenoiser(torch.nn.Module):
                            "uncond": u, "cond": c, "weights": w, **combined.extras})
         self.step += 1
         out = c if u is None else torch.cat([u, c])
-        if self.repeat is not None:
-            self._last = out.detach()
         if self.record:
             self.outputs.append(out.detach().clone())
         return (out,) if not return_dict else _Output(out)

@@ -67,12 +67,6 @@ class SelectionParams:
     # 25 the probe starts at: 6: 35 / 27%, 12: 66 / 67%, 14: 73 / 79%, 16: 77 / 87%, 18: 79 / 90%,
     # 20: 86 / 90%, 22: 80 / 75% (chosen on seeds 0-3; benchmarks/results/toyworld_selection_probe_start.md).
     probe_start: float = 0.8
-    # The base-only steps before the probe call the UNet on every this many steps and step again on
-    # the last prediction between (with DDIM exactly a DDIM step of this stride). 2 saved 20 of 72
-    # samples an image and 1.54x -> 1.46x the hand-given time, but kept exactly the skill LoRAs in
-    # 94% of runs against 97% (auto 74% against 76%; exact selection 93 / 93% against 94 / 93%):
-    # benchmarks/results/toyworld_auto_probestride2.md, toyworld_selection_probestride2.md.
-    probe_base_stride: int = 1
     threshold: float = 0.5  # relative to the best combined score
     retrieval_weight: float = 0.75
     probe_top_k: int | None = None  # the probe's dynamic top-k; None: k

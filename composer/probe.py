@@ -16,9 +16,7 @@ step 20 of 25 (toyworld_selection_probe_start.md), the default (SelectionParams.
 measurement independent of the other candidates (whole-image candidates steered the LoRAtorio path
 the probe used to follow).
 
-Savings over a full step: the S base steps cost 2 UNet samples each (with ``base_stride`` above 1
-only every ``base_stride``-th one: the scheduler steps again on the last prediction between, which
-kept a few more weak copies on ToyWorld, so the default is 1); a probe step uses the base's
+Savings over a full step: the S base steps cost 2 UNet samples each; a probe step uses the base's
 unconditional prediction alone (the score only reads conditional ones), K + 2 samples instead of
 2(K + 1); after step S + P the pipeline is interrupted (``pipe._interrupt``, diffusers' own early
 stop) and returns latents, so nothing further is denoised or decoded.
@@ -72,17 +70,12 @@ class _StopAfter:
 
 
 def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *, probe_steps: int, start: int = 0,
-              p: int = LoratorioParams.p, tau: float = LoratorioParams.tau, top_k: int | None = None,
-              base_stride: int = 1) -> ProbeRun:
+              p: int = LoratorioParams.p, tau: float = LoratorioParams.tau, top_k: int | None = None) -> ProbeRun:
     """Run steps ``start`` .. ``start + probe_steps - 1`` of ``gen.steps`` (same schedule and seed
     as the composition, the base model alone before them) with every LoRA of ``loras`` and score
-    each one (``composer`` is a ``composer.api.Composer``). ``base_stride``: the base-only steps
-    call the UNet on every this many steps, and between them the scheduler steps again on the last
-    prediction (with DDIM, a DDIM step of that stride)."""
+    each one (``composer`` is a ``composer.api.Composer``)."""
     if not loras:
         raise ValueError("the probe needs at least one candidate LoRA")
-    if base_stride < 1:
-        raise ValueError(f"the probe's base_stride must be >= 1, got {base_stride}")
     if not 1 <= probe_steps or start < 0 or start + probe_steps > gen.steps:
         raise ValueError(f"the probe's start ({start}) and steps ({probe_steps}) must fit in the {gen.steps} "
                          "denoising steps (steps >= 1, start >= 0)")
@@ -106,11 +99,9 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
         out = loratorio_combine(params, u, c)
         return Combined(u[0], c[0], out.weights, out.extras)
 
-    def begin(info: dict) -> None:
-        if info["step"] == start:  # the probe's steps run every candidate beside the base
-            denoiser.select(range(len(branches)))
-
     def observe(info: dict) -> None:
+        if info["step"] + 1 == start:  # the probe's steps run every candidate beside the base
+            denoiser.select(range(len(branches)))
         if info["step"] < start:
             return
         similarities.append(info["similarity"].detach().float().cpu())
@@ -118,8 +109,7 @@ def run_probe(composer, prompt: str, loras: list[LoadedLora], gen: Generation, *
         deltas.append(eps_c[1:] - eps_c[:1])
         bases.append(eps_c[0])
 
-    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1, record=True, callback=observe,
-                                 prepare=begin, repeat=lambda step: step < start and step % base_stride != 0)
+    denoiser = MultiLoraDenoiser(pipe.unet, branches, combine, uncond_branches=1, record=True, callback=observe)
     if start:
         denoiser.select([0])
     first = branches[0]

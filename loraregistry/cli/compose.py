@@ -143,8 +143,6 @@ def _take(opts: dict[str, Any], *names: str) -> dict[str, Any]:
 @click.option("--probe-steps", type=click.IntRange(1), default=_SEL.probe_steps, show_default=True, help="Without --lora: denoising steps of the probe (P).")
 @click.option("--probe-start", type=click.FloatRange(0, 1, max_open=True), default=_SEL.probe_start, show_default=True,
               help="Without --lora: where the probe starts, as a fraction of the steps (the base runs alone before it).")
-@click.option("--probe-base-stride", type=click.IntRange(1), default=_SEL.probe_base_stride, show_default=True,
-              help="Without --lora: the base steps before the probe call the UNet every this many steps (1: every step).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=_SEL.threshold, show_default=True,
               help="Without --lora: drop candidates whose combined score is below this fraction of the best.")
 @click.option("--retrieval-weight", type=click.FloatRange(0, 1), default=_SEL.retrieval_weight, show_default=True,
@@ -225,7 +223,7 @@ def compose(cli_ctx: CliContext, prompt: str | None, **opts: Any) -> None:
                                 objects_in_composition=opts.pop("objects_in_composition"),
                                 final_regions=opts.pop("final_regions"), rider_band=opts.pop("rider_band"),
                                 fusion_lam=opts.pop("fusion_lam"), own_stride=opts.pop("own_stride"))
-    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "probe_base_stride", "threshold", "retrieval_weight", "reuse_probe"),
+    selection = SelectionParams(**_take(opts, "candidates", "keep", "probe_steps", "probe_start", "threshold", "retrieval_weight", "reuse_probe"),
                                 per_phrase=opts.pop("per_phrase") or None)
     switch_every = opts.pop("switch_every")
 

@@ -302,22 +302,3 @@ def test_observation_callback_sees_loratorio_similarities(sd1_composer, sd1_lora
     sim = seen[0]["similarity"]
     assert sim.shape == (2, 1, 16, 16) and torch.all(sim <= 1.0001)
     assert torch.allclose(seen[1]["weights"][:, 0], r.weights[1])
-
-
-def test_the_probes_base_steps_repeat_every_second_prediction(sd1_composer, sd1_loras):
-    """``base_stride = 2``: of the probe's base-only steps the UNet runs on every second one; the step
-    between returns the step before's guided prediction again (the scheduler steps on it), and the
-    probe's own steps run as before. A stride under 1 is refused."""
-    from composer.params import Generation
-    from composer.probe import run_probe
-
-    _, loras = sd1_composer.prepare(Job("a cat", loras=[sd1_loras["kohya"], sd1_loras["peft"]]))
-    gen = Generation(steps=6, cfg=2.0, seed=3, width=32, height=32)
-    every = run_probe(sd1_composer, "a cat", loras, gen, probe_steps=2, start=4)
-    strided = run_probe(sd1_composer, "a cat", loras, gen, probe_steps=2, start=4, base_stride=2)
-    assert every.unet_calls == 6 and strided.unet_calls == 4  # base steps 0 and 2, then the probe's 4 and 5
-    assert torch.equal(strided.outputs[1], strided.outputs[0]) and torch.equal(strided.outputs[3], strided.outputs[2])
-    assert torch.allclose(strided.outputs[0], every.outputs[0]) and not torch.allclose(strided.outputs[2], every.outputs[2])
-    assert strided.similarity.shape == every.similarity.shape
-    with pytest.raises(ValueError, match="base_stride"):
-        run_probe(sd1_composer, "a cat", loras, gen, probe_steps=2, start=4, base_stride=0)

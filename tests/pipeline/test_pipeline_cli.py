@@ -54,16 +54,3 @@ def test_compose_auto_errors_are_clean(sd1_dir, dump, tmp_path):
     assert r.exit_code == 1 and "larger than the pool of 1" in r.output
     r = CliRunner().invoke(cli, ["compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"], "--lora", dump["kiki"]])
     assert r.exit_code == 2 and "--pool" in r.output
-
-
-def test_probe_base_stride_flag(sd1_dir, registry, dump, tmp_path):
-    """Of the probe's two base steps (S = 2 of 3) ``--probe-base-stride 2`` calls the UNet on the
-    first only; 1 (the default) on both."""
-    calls = {}
-    for stride in ("1", "2"):
-        r = CliRunner().invoke(cli, ["--db", registry.url, "compose", "a kiki", "--model", sd1_dir, "--pool", dump["kiki"],
-                                     "--pool", dump["stripes"], "--probe-base-stride", stride,
-                                     "--out", str(tmp_path / f"s{stride}.png"), "--json", *SMALL])
-        assert r.exit_code == 0, r.output
-        calls[stride] = json.loads(r.output[r.output.index("{"):])["selection"]["probe"]["unet_calls"]
-    assert calls == {"1": 3, "2": 2}
